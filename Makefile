@@ -1,0 +1,46 @@
+# memsv: set-up, tests and the demo. Everything a fresh machine needs is installed from here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU torch by default (the local wheel satisfies this pin); override for CUDA, e.g.
+#   make install TORCH_SPEC="torch==2.5.1" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu121"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+APT_PACKAGES := ffmpeg sox
+
+.PHONY: install system-deps test lint format demo clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: system-deps $(VENV)/.installed
+
+# ffmpeg (VoxCeleb2 m4a) and sox: installed only when missing and when we may (root or sudo).
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: please install$$missing (needed for m4a input and augmentation)"; fi; \
+	fi
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check memsv_cli tests benchmarks
+	$(VENV)/bin/ruff format --check memsv_cli tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format memsv_cli tests benchmarks
+	$(VENV)/bin/ruff check --fix memsv_cli tests benchmarks
+
+demo: install
+	cd recipes/voxceleb && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./run.sh --data mini
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from memsv_cli.cli import main
+
+main()

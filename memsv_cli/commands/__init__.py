@@ -1,0 +1,1 @@
+"""memsv_cli.commands"""

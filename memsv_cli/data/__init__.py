@@ -1,0 +1,1 @@
+"""Data stages: Kaldi data directories, corpus preparation, fbank extraction and training chunks."""
