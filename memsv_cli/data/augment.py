@@ -480,8 +480,8 @@ def make_synthetic_sources(
 
     - ``noise/``: coloured noise (white noise through a random one-pole low-pass filter);
     - ``music/``: sums of 2-4 sinusoidal tones with a slow amplitude envelope;
-    - ``rirs/``: exponentially decaying noise tails (RT60 0.2-0.8 s) after a unit direct path with a
-      random 0-5 ms pre-delay, the usual synthetic RIR model.
+    - ``rirs/``: exponentially decaying noise tails (RT60 0.2-0.8 s, direct-to-reverberant ratio about
+      -2 dB) after a unit direct path with a random 0-5 ms pre-delay, the usual synthetic RIR model.
 
     Each directory gets ``wav.scp`` (absolute paths) and ``utt2spk`` (key -> key). Babble needs speech:
     use any speech data directory as its source.
@@ -533,7 +533,9 @@ def make_synthetic_sources(
         pre = int(rng.uniform(0, 0.005) * sample_rate)
         decay = np.exp(-6.9 * np.arange(length) / length)  # -60 dB at rt60
         rir = np.zeros(pre + length)
-        rir[pre:] = 0.3 * rng.standard_normal(length) * decay
+        # direct-to-reverberant ratio about -2 dB; the tail stays below the direct path so that
+        # the direct path (the largest tap) is where reverberate() aligns
+        rir[pre:] = np.clip(0.05 * rng.standard_normal(length) * decay, -0.5, 0.5)
         rir[pre] = 1.0
         rirs.append(rir)
     emit("rirs", rirs)
