@@ -1,0 +1,118 @@
+"""``memsv score``: cosine / AS-norm scoring of trial lists, or metrics of an existing score file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from memsv_cli.errors import MemsvError
+from memsv_cli.scoring.score import TrialListResult, evaluate_score_file, score_trial_lists
+
+
+def _print_table(results: list[TrialListResult]) -> None:
+    table = Table(title="Speaker verification results")
+    for column in ("trials", "#trials", "#target", "EER (%)", "minDCF 0.01", "minDCF 0.05"):
+        table.add_column(column, justify="left" if column == "trials" else "right")
+    for r in results:
+        m = r.metrics
+        table.add_row(
+            r.name,
+            str(r.num_trials),
+            "-" if r.num_target is None else str(r.num_target),
+            "-" if m is None else f"{m.eer_percent:.3f}",
+            "-" if m is None else f"{m.min_dcf_01:.4f}",
+            "-" if m is None else f"{m.min_dcf_05:.4f}",
+        )
+    Console().print(table)
+
+
+def score(
+    trials: list[Path] = typer.Option(
+        None,
+        "--trials",
+        "-t",
+        help="Trial list(s): Kaldi 'enroll test "
+        "target|nontarget', VoxCeleb '1|0 enroll test' or 'enroll test'. "
+        "Repeat the option or list several files after it.",
+    ),
+    more_trials: list[Path] = typer.Argument(
+        None, metavar="[T...]", help="More trial lists.", show_default=False
+    ),
+    embeddings: Path = typer.Option(None, "--embeddings", "-e", help="xvector.scp with all trial keys."),
+    mean_from: Path = typer.Option(
+        None,
+        "--mean-from",
+        help="Subtract the mean embedding of this scp (e.g. the training set's xvector.scp) before scoring.",
+    ),
+    norm: str = typer.Option(None, "--norm", help="Score normalisation: asnorm or snorm (WeSpeaker)."),
+    cohort: Path = typer.Option(
+        None, "--cohort", help="Cohort scp for --norm (e.g. spk_xvector.scp of the training speakers)."
+    ),
+    top_n: int = typer.Option(300, "--top-n", help="AS-norm: number of top cohort scores kept."),
+    out_dir: Path = typer.Option(None, "--out-dir", "-o", help="Write <trials>.score (and DET plots) here."),
+    det_plot: bool = typer.Option(
+        False,
+        "--det-plot",
+        help="Write <trials>.det.png (with --out-dir; with --scores next to the score file).",
+    ),
+    skip_missing: bool = typer.Option(
+        False,
+        "--skip-missing",
+        help="Score the trials that have both embeddings instead of failing; report how many were skipped.",
+    ),
+    scores: Path = typer.Option(
+        None,
+        "--scores",
+        help="Compute the metrics of an existing score file "
+        "('enroll test score target|nontarget' or 'score target|nontarget').",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
+) -> None:
+    """Cosine scoring (optionally AS-norm / S-norm) with EER and minDCF (p_target 0.01 and 0.05)."""
+    trial_paths = list(trials or [])
+    if more_trials:
+        if not trial_paths:
+            raise MemsvError(f"unexpected argument {str(more_trials[0])!r} (trial lists follow --trials)")
+        trial_paths += more_trials
+    if scores is not None:
+        if trial_paths or embeddings is not None:
+            raise MemsvError(
+                "--scores evaluates an existing score file: do not combine it with --trials/--embeddings"
+            )
+        plot = scores.with_name(f"{scores.name}.det.png") if det_plot else None
+        results = [evaluate_score_file(scores, det_plot=plot)]
+    else:
+        if not trial_paths or embeddings is None:
+            raise MemsvError("give --trials and --embeddings (or --scores FILE)")
+        results = score_trial_lists(
+            trial_paths,
+            embeddings,
+            mean_from=mean_from,
+            norm=norm,
+            cohort=cohort,
+            top_n=top_n,
+            out_dir=out_dir,
+            det_plot=det_plot,
+            skip_missing=skip_missing,
+        )
+    for r in results:
+        if r.num_skipped:
+            print(
+                f"memsv score: {r.name}: skipped {r.num_skipped} trial(s) without embeddings", file=sys.stderr
+            )
+        if r.note and r.num_target is not None:
+            print(f"memsv score: {r.name}: {r.note}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"results": [r.to_json() for r in results]}))
+    else:
+        _print_table(results)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``memsv score`` to the app."""
+    app.command(name="score")(score)
