@@ -1,1 +1,74 @@
-"""memsv_cli.optim"""
+"""8-bit optimizers (dynamic tree, block-wise quantised states) and the optimizer factory.
+
+``quant`` is the readable reference for the 8-bit data type, ``fused`` the fast chunked kernels, ``base``
+the shared state handling, ``sgd8bit``/``adam8bit`` the optimizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from memsv_cli.errors import MemsvError
+from memsv_cli.optim.adam8bit import Adam8bit, AdamW8bit
+from memsv_cli.optim.base import (
+    OptimizerStateError,
+    UnsupportedOptimizerArgument,
+    optimizer_state_bytes,
+)
+from memsv_cli.optim.quant import (
+    MAP_VERSION,
+    create_dynamic_map,
+    dequantize_blockwise,
+    quantize_blockwise,
+)
+from memsv_cli.optim.sgd8bit import SGD8bit
+
+__all__ = [
+    "MAP_VERSION",
+    "OPTIMIZERS",
+    "Adam8bit",
+    "AdamW8bit",
+    "OptimizerStateError",
+    "SGD8bit",
+    "UnsupportedOptimizerArgument",
+    "build_optimizer",
+    "create_dynamic_map",
+    "dequantize_blockwise",
+    "optimizer_state_bytes",
+    "quantize_blockwise",
+]
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "sgd8bit": SGD8bit,
+    "adam": torch.optim.Adam,
+    "adam8bit": Adam8bit,
+    "adamw": torch.optim.AdamW,
+    "adamw8bit": AdamW8bit,
+}
+
+_EIGHT_BIT_ONLY = ("block_size", "min_8bit_size", "optim_bits")
+
+
+def build_optimizer(name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """Create the optimizer ``name`` (``sgd|sgd8bit|adam|adam8bit|adamw|adamw8bit``) over ``params``.
+
+    ``kwargs`` are the optimizer's own arguments (torch.optim's, plus ``block_size``, ``min_8bit_size``
+    and ``optim_bits`` for the 8-bit ones). Raises :class:`MemsvError` for an unknown name or argument.
+    """
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise MemsvError(f"unknown optimizer '{name}'; choose one of: {', '.join(OPTIMIZERS)}")
+    if not key.endswith("8bit"):
+        wrong = [k for k in _EIGHT_BIT_ONLY if k in kwargs]
+        if wrong:
+            raise UnsupportedOptimizerArgument(
+                f"optimizer '{name}' is 32-bit; {', '.join(wrong)} only apply to '{key}8bit'"
+            )
+    try:
+        return OPTIMIZERS[key](params, **kwargs)
+    except TypeError as err:
+        raise MemsvError(f"optimizer '{name}': {err}") from err
