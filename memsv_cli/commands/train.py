@@ -1,0 +1,93 @@
+"""``memsv train`` and ``memsv average-model``: thin adapters over :mod:`memsv_cli.train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from memsv_cli.errors import MemsvError
+
+
+def train_command(
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (e.g. conf/resnet34.yaml)."),
+    data: Path | None = typer.Option(None, "--data", help="Training dir with feats.scp and utt2spk."),
+    exp_dir: Path = typer.Option(..., "--exp-dir", help="Experiment dir (config.yaml, models/, logs)."),
+    model: str | None = typer.Option(None, "--model", help="Model name (sets model.name)."),
+    optimizer: str | None = typer.Option(
+        None, "--optimizer", help="sgd|sgd8bit|adam|adam8bit|adamw|adamw8bit."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Sets train.epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Per process; sets train.batch_size."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32|bf16|fp16 (sets train.precision)."),
+    device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda (sets train.device)."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader workers per process."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest EXP/models/epoch_N.pt."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override any config key: --set optimizer.args.weight_decay=1e-4 (value is YAML)."
+    ),
+) -> None:
+    """Train a speaker-embedding model (AAM-softmax) on feats.scp + utt2spk; torchrun for many GPUs.
+
+    Order of precedence: defaults < --config < the named flags < --set. With --resume and no --config
+    the saved EXP/config.yaml is used.
+    """
+    from memsv_cli.train.config import load_yaml, resolve_config
+    from memsv_cli.train.trainer import train
+
+    flags = {
+        "model.name": model,
+        "optimizer.name": optimizer,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.precision": precision,
+        "train.device": device,
+        "train.num_workers": num_workers,
+        "data.dir": str(data) if data is not None else None,
+    }
+    sets = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides)
+    base = None
+    if resume and config is None:
+        saved = exp_dir / "config.yaml"
+        if not saved.is_file():
+            raise MemsvError(f"--resume without --config needs {saved}")
+        base = load_yaml(saved)
+    elif config is None:
+        raise MemsvError("--config is required (except with --resume, which reuses EXP/config.yaml)")
+    resolved = resolve_config(config if base is None else None, sets, base=base)
+    result = train(resolved, exp_dir, resume=resume)
+    if result.history:
+        last = result.history[-1]
+        typer.echo(
+            f"trained {result.epochs_done} epoch(s): loss {last['loss']:.4f}, "
+            f"accuracy {100 * last['acc']:.2f}%"
+            + (f"; averaged model {result.avg_model}" if result.avg_model else "")
+        )
+
+
+def average_model_command(
+    exp_dir: Path | None = typer.Option(None, "--exp-dir", help="Experiment dir (uses EXP/models)."),
+    src_path: Path | None = typer.Option(
+        None, "--src-path", help="Folder of epoch_N.pt (default EXP/models)."
+    ),
+    dst_model: Path | None = typer.Option(
+        None, "--dst-model", help="Output (default <models>/avg_model.pt)."
+    ),
+    num: int = typer.Option(10, "--num", help="Average the newest NUM epoch checkpoints."),
+    min_epoch: int | None = typer.Option(None, "--min-epoch", help="Ignore epochs below this."),
+    max_epoch: int | None = typer.Option(None, "--max-epoch", help="Ignore epochs above this."),
+) -> None:
+    """Average the last NUM epoch checkpoints' weights into one inference checkpoint (WeSpeaker style)."""
+    from memsv_cli.train.averaging import average_checkpoints
+
+    if src_path is None:
+        if exp_dir is None:
+            raise MemsvError("give --exp-dir or --src-path")
+        src_path = exp_dir / "models"
+    dst, epochs = average_checkpoints(src_path, dst_model, num=num, min_epoch=min_epoch, max_epoch=max_epoch)
+    typer.echo(f"averaged {len(epochs)} checkpoint(s) (epochs {epochs[0]}-{epochs[-1]}) into {dst}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="train")(train_command)
+    app.command(name="average-model")(average_model_command)
