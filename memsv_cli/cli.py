@@ -16,6 +16,7 @@ from memsv_cli.errors import MemsvError
 # Order is the order of the recipe; each module registers its command(s) on the app.
 COMMAND_MODULES: tuple[str, ...] = (
     "augment",
+    "train",
     "score",
 )
 
