@@ -1,0 +1,132 @@
+"""Stem + units + TSTP + embedding layer, assembled as the vanilla, Type I or Type II network.
+
+``variant`` (PAPER.md, decisions for the reversible models):
+
+- ``"vanilla"``: the units as they are (WeSpeaker).
+- ``"rev"`` (Type I, partially reversible): every run of consecutive shape-preserving residual blocks
+  becomes one :class:`ReversibleSequence` of half-steps; stem, stage transitions and DF-ResNet
+  down-sampling layers stay ordinary layers. Same parameters as vanilla.
+- ``"fullrev"`` (Type II, fully reversible): every unit's branch becomes a half-step of one chain
+  (transitions through space-to-depth); a transition's shortcut projection is kept inside its f
+  (``branch(x) + proj(x)``), so the parameters equal the vanilla model's. Input time and frequency are
+  zero-padded to a multiple of the total stride (8 for these models) so space-to-depth divides evenly;
+  the output frame count equals the vanilla one, ``ceil(frames / 8)``, so no output frame is made only
+  of padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memsv_cli.models.pooling import TSTP
+from memsv_cli.models.reversible import HalfStep, ReversibleChain, ReversibleSequence
+from memsv_cli.models.units import ProjectedBranch, Unit
+
+VARIANTS = ("vanilla", "rev", "fullrev")
+
+
+def _type1_body(units: list[Unit], reversible_backward: bool) -> nn.Sequential:
+    body: list[nn.Module] = []
+    run: list[Unit] = []
+
+    def flush() -> None:
+        if run:
+            c = run[0].in_ch
+            steps = [HalfStep(u.branch, c, c, c) for u in run]
+            body.append(ReversibleSequence(ReversibleChain(steps, reversible_backward), c))
+            run.clear()
+
+    for unit in units:
+        if unit.shape_preserving:
+            run.append(unit)
+        else:
+            flush()
+            body.append(unit)
+    flush()
+    return nn.Sequential(*body)
+
+
+def _type2_body(units: list[Unit], stem_ch: int, reversible_backward: bool) -> ReversibleSequence:
+    steps: list[HalfStep] = []
+    stream = stem_ch
+    for unit in units:
+        f = unit.branch if unit.shortcut is None else ProjectedBranch(unit.branch, unit.shortcut)
+        step = HalfStep(f, unit.in_ch, unit.out_ch, stream, unit.stride)
+        steps.append(step)
+        stream = step.stream_out
+    return ReversibleSequence(ReversibleChain(steps, reversible_backward), units[-1].out_ch)
+
+
+class SpeakerNet(nn.Module):
+    """Embedding extractor: ``(batch, frames, feat_dim)`` fbank -> ``(batch, embed_dim)``.
+
+    Args:
+        stem: ``(B, 1, F, T) -> (B, stem_ch, F, T)``.
+        units: the network's blocks and layers in order (see :class:`Unit`).
+        stem_ch: stem output channels.
+        feat_dim: fbank dimensions F.
+        embed_dim: embedding size.
+        variant: ``"vanilla"``, ``"rev"`` or ``"fullrev"``.
+        reversible_backward: for ``rev``/``fullrev``: memory-saving backward (True) or plain autograd
+            through the identical function (False).
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        units: list[Unit],
+        stem_ch: int,
+        feat_dim: int,
+        embed_dim: int,
+        variant: str = "vanilla",
+        reversible_backward: bool = True,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+        self.variant, self.feat_dim, self.embed_dim = variant, feat_dim, embed_dim
+        self.freq_stride = math.prod(u.stride[0] for u in units)
+        self.time_stride = math.prod(u.stride[1] for u in units)
+        out_freq = feat_dim
+        for unit in units:  # 'same'-padded strided convs give ceil(n / s)
+            out_freq = -(-out_freq // unit.stride[0])
+        self.stem = stem
+        if variant == "vanilla":
+            self.body: nn.Module = nn.Sequential(*units)
+        elif variant == "rev":
+            self.body = _type1_body(units, reversible_backward)
+        else:
+            self.body = _type2_body(units, stem_ch, reversible_backward)
+        self.pool = TSTP(units[-1].out_ch * out_freq)
+        self.embedding = nn.Linear(self.pool.out_dim, embed_dim)
+
+    @property
+    def reversible_backward(self) -> bool | None:
+        """The backward mode of the reversible chains (None for a vanilla model); settable."""
+        chains = [m for m in self.modules() if isinstance(m, ReversibleChain)]
+        return chains[0].reversible_backward if chains else None
+
+    @reversible_backward.setter
+    def reversible_backward(self, value: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, ReversibleChain):
+                m.reversible_backward = bool(value)
+
+    def frame_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, T, F)`` -> last feature map ``(B, C, ceil(F/8), ceil(T/8))`` before pooling."""
+        if feats.dim() != 3 or feats.shape[-1] != self.feat_dim:
+            raise ValueError(f"expected (batch, frames, {self.feat_dim}) features, got {tuple(feats.shape)}")
+        x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T), a view: the caller's tensor is not touched
+        if self.variant == "fullrev":
+            pad_f = -x.shape[2] % self.freq_stride
+            pad_t = -x.shape[3] % self.time_stride
+            if pad_f or pad_t:
+                x = F.pad(x, (0, pad_t, 0, pad_f))
+        return self.body(self.stem(x))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.pool(self.frame_features(feats)))

@@ -1,0 +1,301 @@
+"""The reversible core: one coupling rule and one autograd Function that walks the chain backwards.
+
+Coupling (PAPER.md, half-residual form with i-RevNet down-sampling). One :class:`HalfStep` maps two
+streams ``(a, b)`` of ``C`` channels to::
+
+    c = R(b)
+    d = R(a) + P(f(b[:, :in_ch]))
+
+``f`` is a vanilla block's residual branch, reading the first ``in_ch`` ("active") channels and writing
+``out_ch`` channels. ``R`` is the identity for a shape-preserving step; for a stride ``(sf, st)`` step it
+is space-to-depth ("psi", ``C x H x W -> sf*st*C x H/sf x W/st``) followed by zero channels up to
+``out_ch`` where psi gives fewer. ``P`` zero-fills f's output to the stream width. The inverse is exact up
+to rounding: ``b = R^-1(c)``, ``a = R^-1(d - P(f(b)))``. ``R`` is a permutation plus zero padding, so its
+adjoint is its inverse, which is what backward uses for the stream gradients.
+
+:class:`ReversibleChain` runs a list of half-steps. When gradients are needed and
+``reversible_backward`` is on, it goes through :class:`_ChainFunction`, which keeps only the chain's two
+output streams; backward rebuilds each step's input from its output and re-runs f once with grad, so a
+step costs one extra f forward. Guarantees, each tested in ``tests/test_reversible.py``:
+
+- parameters are inputs of the Function, so their gradients reach autograd normally (``.grad``,
+  ``torch.autograd.grad``, DDP hooks);
+- BatchNorm running statistics and ``num_batches_tracked`` change once per training step: the
+  recomputation uses batch statistics with ``track_running_stats`` switched off for its duration;
+- random state (dropout) consumed by a step is recorded and replayed when it is recomputed;
+- under ``torch.autocast`` f runs in the autocast dtype, in forward and recomputation, while the streams
+  stay in their own (fp32) dtype;
+- no tensor the caller owns is freed or modified;
+- eval mode, ``torch.no_grad()`` or ``reversible_backward=False`` run the plain loop, at no extra cost
+  (``False`` caches every intermediate like any network: the plain-autograd reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def space_to_depth(x: torch.Tensor, sf: int, st: int) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, sf*st*C, H/sf, W/st)``, offset-major: channel ``k*C + c`` holds channel
+    ``c`` at offset ``k = i*st + j``, so the first C channels are the plain stride-(sf, st) sub-sample."""
+    if sf == 1 and st == 1:
+        return x
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // sf, sf, w // st, st).permute(0, 3, 5, 1, 2, 4)
+    return x.reshape(n, sf * st * c, h // sf, w // st)
+
+
+def depth_to_space(x: torch.Tensor, sf: int, st: int) -> torch.Tensor:
+    """Exact inverse of :func:`space_to_depth`."""
+    if sf == 1 and st == 1:
+        return x
+    n, k, h, w = x.shape
+    c = k // (sf * st)
+    x = x.reshape(n, sf, st, c, h, w).permute(0, 3, 4, 1, 5, 2)
+    return x.reshape(n, c, h * sf, w * st)
+
+
+class HalfStep(nn.Module):
+    """``(a, b) -> (R(b), R(a) + P(f(b[:, :in_ch])))``; streams ``(B, stream_ch, H, W)``.
+
+    Args:
+        f: residual branch ``(B, in_ch, H, W) -> (B, out_ch, H/sf, W/st)``.
+        in_ch, out_ch: active channels f reads and writes.
+        stream_ch: channels of the incoming streams (``>= in_ch``).
+        factor: ``(sf, st)`` down-sampling of this step; the outgoing streams have
+            ``stream_out = max(sf*st*stream_ch, out_ch)`` channels.
+    """
+
+    def __init__(
+        self, f: nn.Module, in_ch: int, out_ch: int, stream_ch: int, factor: tuple[int, int] = (1, 1)
+    ) -> None:
+        super().__init__()
+        if in_ch > stream_ch:
+            raise ValueError(f"f reads {in_ch} channels but the streams carry {stream_ch}")
+        self.f = f
+        self.in_ch, self.out_ch, self.stream_ch = in_ch, out_ch, stream_ch
+        self.factor = tuple(factor)
+        self.stream_out = max(stream_ch * self.factor[0] * self.factor[1], out_ch)
+
+    def shuffle(self, x: torch.Tensor) -> torch.Tensor:
+        """R: space-to-depth, then zero channels up to ``stream_out``."""
+        y = space_to_depth(x, *self.factor)
+        if y.shape[1] < self.stream_out:
+            y = torch.cat([y, y.new_zeros(y.shape[0], self.stream_out - y.shape[1], *y.shape[2:])], 1)
+        return y
+
+    def unshuffle(self, y: torch.Tensor) -> torch.Tensor:
+        """R^-1 (also R's adjoint): drop the zero channels, then depth-to-space."""
+        k = self.stream_ch * self.factor[0] * self.factor[1]
+        return depth_to_space(y[:, :k] if y.shape[1] > k else y, *self.factor)
+
+    def branch(self, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """f on the active channels, cast to the stream dtype (f may run in bf16 under autocast)."""
+        x = b[:, : self.in_ch] if self.in_ch < b.shape[1] else b
+        return self.f(x).to(dtype)
+
+    def _add(self, base: torch.Tensor, fb: torch.Tensor, sign: float) -> torch.Tensor:
+        """``base + sign * P(fb)`` as a new tensor (base is never written)."""
+        if self.out_ch == base.shape[1]:
+            return base + fb if sign > 0 else base - fb
+        head = base[:, : self.out_ch] + fb if sign > 0 else base[:, : self.out_ch] - fb
+        return torch.cat([head, base[:, self.out_ch :]], 1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.shuffle(b), self._add(self.shuffle(a), self.branch(b, a.dtype), +1.0)
+
+    @torch.no_grad()
+    def inverse(self, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rebuild ``(a, b)`` from ``(c, d)`` (no grad; used by :func:`chain_reconstruction_error`)."""
+        b = self.unshuffle(c)
+        return self.unshuffle(self._add(d, self.branch(b, d.dtype), -1.0)), b
+
+    def backward_step(
+        self,
+        c: torch.Tensor,
+        d: torch.Tensor,
+        gc: torch.Tensor,
+        gd: torch.Tensor,
+        params: Sequence[torch.Tensor],
+        autocast: tuple[str, bool, torch.dtype] = ("cpu", False, torch.bfloat16),
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+        """Rebuild the input and back-propagate through this step with one f evaluation.
+
+        ``autocast`` is ``(device_type, enabled, dtype)`` as in the forward pass; only the recomputation
+        of f runs under it, the vector-Jacobian product runs outside like any backward.
+        Returns ``(a, b, ga, gb, param_grads)``; ``param_grads`` matches ``params`` (None where unused).
+        """
+        b = self.unshuffle(c).detach()
+        b_act = (b[:, : self.in_ch] if self.in_ch < b.shape[1] else b).detach().requires_grad_(True)
+        with torch.enable_grad(), torch.autocast(autocast[0], dtype=autocast[2], enabled=autocast[1]):
+            fb = self.f(b_act).to(d.dtype)
+        a = self.unshuffle(self._add(d, fb.detach(), -1.0))
+        g_fb = gd[:, : self.out_ch] if self.out_ch < gd.shape[1] else gd
+        grads = torch.autograd.grad(fb, [b_act, *params], g_fb, allow_unused=True)
+        ga = self.unshuffle(gd)
+        gb = self.unshuffle(gc)
+        if grads[0] is not None:
+            if self.in_ch == gb.shape[1]:
+                gb = gb + grads[0]
+            else:
+                gb = torch.cat([gb[:, : self.in_ch] + grads[0], gb[:, self.in_ch :]], 1)
+        return a, b, ga, gb, grads[1:]
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """Within the block, BatchNorm layers in training mode normalise with batch statistics but leave
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` alone (eval-mode layers are untouched:
+    they already use, and do not update, their running statistics)."""
+    switched = [
+        m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
+    ]
+    for m in switched:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.track_running_stats = True
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _same_rng(x: tuple, y: tuple) -> bool:
+    return torch.equal(x[0], y[0]) and (x[1] is None or torch.equal(x[1], y[1]))
+
+
+@contextlib.contextmanager
+def _replay_rng(state: tuple | None, device: torch.device) -> Iterator[None]:
+    """Run the block with the RNG set to ``state`` and restore the outer RNG after (no-op for None)."""
+    if state is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+class _ChainFunction(torch.autograd.Function):
+    """Forward without caching intermediates; backward rebuilds and recomputes step by step."""
+
+    @staticmethod
+    def forward(ctx, chain: ReversibleChain, a: torch.Tensor, b: torch.Tensor, *params: torch.Tensor):
+        device = a.device
+        a_in, b_in = a, b
+        rng: list[tuple | None] = []
+        for step in chain.steps:
+            before = _rng_state(device)
+            a, b = step(a, b)
+            # Keep a snapshot only for steps that drew random numbers: costs nothing without dropout.
+            rng.append(None if _same_rng(before, _rng_state(device)) else before)
+        # A one-step identity chain would hand back an input; autograd needs outputs of its own.
+        a = a.clone() if a is a_in or a is b_in else a
+        b = b.clone() if b is a_in or b is b_in else b
+        ctx.chain, ctx.rng, ctx.device = chain, rng, device
+        ctx.autocast = (
+            device.type,
+            torch.is_autocast_enabled(device.type),
+            torch.get_autocast_dtype(device.type),
+        )
+        ctx.save_for_backward(a, b)
+        return a, b
+
+    @staticmethod
+    def backward(ctx, ga: torch.Tensor, gb: torch.Tensor):
+        c, d = ctx.saved_tensors
+        chain: ReversibleChain = ctx.chain
+        needs = ctx.needs_input_grad[3:]
+        all_grads: list[torch.Tensor | None] = []
+        offset = len(needs)
+        for i in reversed(range(len(chain.steps))):
+            step = chain.steps[i]
+            params = list(step.parameters())
+            offset -= len(params)
+            wanted = [p for p, n in zip(params, needs[offset : offset + len(params)], strict=True) if n]
+            with _replay_rng(ctx.rng[i], ctx.device), frozen_batchnorm_stats(step):
+                c, d, ga, gb, grads = step.backward_step(c, d, ga, gb, wanted, ctx.autocast)
+            it = iter(grads)
+            step_grads = [next(it) if n else None for n in needs[offset : offset + len(params)]]
+            all_grads[:0] = step_grads
+        return (None, ga, gb, *all_grads)
+
+
+class ReversibleChain(nn.Module):
+    """A sequence of :class:`HalfStep` over two streams; ``(a, b) -> (a', b')``.
+
+    Args:
+        steps: the half-steps, in order; each step's ``stream_ch`` must be the previous ``stream_out``.
+        reversible_backward: True: train without caching per-step activations (custom backward);
+            False: plain autograd through the same function (the reference).
+    """
+
+    def __init__(self, steps: Sequence[HalfStep], reversible_backward: bool = True) -> None:
+        super().__init__()
+        for prev, nxt in zip(steps[:-1], steps[1:], strict=False):
+            if prev.stream_out != nxt.stream_ch:
+                raise ValueError(f"stream width mismatch: {prev.stream_out} then {nxt.stream_ch}")
+        self.steps = nn.ModuleList(steps)
+        self.reversible_backward = reversible_backward
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reversible_backward and torch.is_grad_enabled():
+            params = [p for step in self.steps for p in step.parameters()]
+            if a.requires_grad or b.requires_grad or any(p.requires_grad for p in params):
+                return _ChainFunction.apply(self, a, b, *params)
+        for step in self.steps:
+            a, b = step(a, b)
+        return a, b
+
+
+class ReversibleSequence(nn.Module):
+    """Stream duplication around a chain: ``x -> chain(x, x) -> (a[:, :k] + b[:, :k]) / 2``.
+
+    Input ``(B, C, H, W)``; output ``(B, out_ch, H', W')`` where ``out_ch`` is the active width of the
+    last step (k = out_ch): the whole stream for Type I, the vanilla width for Type II.
+    """
+
+    def __init__(self, chain: ReversibleChain, out_ch: int) -> None:
+        super().__init__()
+        self.chain = chain
+        self.out_ch = out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.chain(x, x)
+        if self.out_ch < a.shape[1]:
+            a, b = a[:, : self.out_ch], b[:, : self.out_ch]
+        return (a + b) / 2
+
+
+@torch.no_grad()
+def chain_reconstruction_error(chain: ReversibleChain, a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest relative error ``|x_rebuilt - x| / |x|`` (Frobenius) over the rebuilt inputs of every
+    step, rebuilding backwards from the chain's output as the custom backward does (so errors compound
+    the same way). BatchNorm statistics are left unchanged; random state is replayed."""
+    device = a.device
+    inputs, rng = [], []
+    with frozen_batchnorm_stats(chain):
+        for step in chain.steps:
+            inputs.append((a, b))
+            before = _rng_state(device)
+            a, b = step(a, b)
+            rng.append(None if _same_rng(before, _rng_state(device)) else before)
+        worst = 0.0
+        for i in reversed(range(len(chain.steps))):
+            with _replay_rng(rng[i], device):
+                a, b = chain.steps[i].inverse(a, b)
+            for rebuilt, true in zip((a, b), inputs[i], strict=True):
+                scale = true.double().norm().clamp_min(torch.finfo(torch.float64).tiny)
+                worst = max(worst, float((rebuilt.double() - true.double()).norm() / scale))
+    return worst

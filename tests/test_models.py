@@ -1,0 +1,71 @@
+"""Model zoo: names, parameter counts, shapes, errors (vanilla and both reversible types)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memsv_cli.errors import MemsvError
+from memsv_cli.models import get_model, list_models
+
+FAMILIES = ["resnet18", "resnet50", "dfresnet56"]
+VARIANTS = ["", "rev_", "fullrev_"]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_list_models_has_every_family_and_both_reversible_types() -> None:
+    names = list_models()
+    bases = [f"resnet{d}" for d in (18, 34, 50, 101, 152, 221, 293)]
+    bases += [f"dfresnet{d}" for d in (56, 110, 179, 233)]
+    assert sorted(names) == sorted(p + b for p in VARIANTS for b in bases)
+
+
+def test_unknown_name_raises_memsv_error_listing_valid_names() -> None:
+    with pytest.raises(MemsvError, match="unknown model 'resnet35'.*rev_resnet34.*fullrev_dfresnet233"):
+        get_model("resnet35")
+
+
+def test_unexpected_argument_is_rejected_not_ignored() -> None:
+    with pytest.raises(MemsvError, match="dropout"):
+        get_model("rev_resnet18", base_width=4, dropout=0.1)
+    with pytest.raises(MemsvError, match="reversible_backward"):
+        get_model("resnet18", base_width=4, reversible_backward=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected", "tolerance"),
+    [
+        ("resnet34", 6.63e6, 0.01),
+        ("resnet221", 23.79e6, 0.01),
+        ("resnet293", 28.62e6, 0.01),
+        ("dfresnet56", 4.5e6, 0.05),
+        ("dfresnet233", 12.3e6, 0.05),
+    ],
+)
+def test_vanilla_parameter_counts_match_published_sizes(name: str, expected: float, tolerance: float) -> None:
+    with torch.device("meta"):  # counts only: no memory, no init time
+        model = get_model(name)
+    assert abs(n_params(model) - expected) <= tolerance * expected
+
+
+@pytest.mark.parametrize("base", ["resnet34", "resnet293", "dfresnet56", "dfresnet233"])
+def test_reversible_variants_keep_the_vanilla_parameter_count(base: str) -> None:
+    with torch.device("meta"):
+        vanilla = n_params(get_model(base))
+        type1 = n_params(get_model("rev_" + base))
+        type2 = n_params(get_model("fullrev_" + base))
+    assert abs(type1 - vanilla) <= 0.02 * vanilla
+    assert abs(type2 - vanilla) <= 0.05 * vanilla
+
+
+@pytest.mark.parametrize("prefix", VARIANTS)
+@pytest.mark.parametrize("base", FAMILIES)
+@pytest.mark.parametrize("frames", [9, 21, 37])
+def test_output_shape_for_odd_frame_counts(prefix: str, base: str, frames: int) -> None:
+    model = get_model(prefix + base, feat_dim=20, embed_dim=6, base_width=4)
+    out = model(torch.randn(2, frames, 20))
+    assert out.shape == (2, 6)
+    assert torch.isfinite(out).all()
