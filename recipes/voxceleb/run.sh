@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# memsv VoxCeleb recipe (WeSpeaker examples/voxceleb/v2 style): train on VoxCeleb2-dev, test on the
+# cleaned VoxCeleb1-O/E/H trial lists, with reversible ResNets / DF-ResNets and 8-bit optimizers
+# (Liu & Qian 2024, "Memory-Efficient Training for Deep Speaker Embedding Learning in Speaker Verification").
+#
+#   ./run.sh                                   # the whole pipeline on real VoxCeleb (stages 1-7)
+#   ./run.sh --data mini                       # the same stages on the synthetic mini corpus (CPU, minutes)
+#   ./run.sh --stage 3 --stop_stage 3 --config conf/rev_resnet34_sgd8bit.yaml --exp_dir exp/rev_resnet34_sgd8bit
+#
+# Every variable below can be set on the command line (--name value; dashes or underscores), see
+# ./run.sh --help. Each stage reads only the files of the stages before it, so any single stage can be
+# re-run with --stage N --stop_stage N.
+#
+# Stages: 1 prepare data (+ augmented copies)    2 fbank          3 train (torchrun over the GPUs)
+#         4 average checkpoints, embeddings      5 cosine scoring 6 AS-norm scoring
+#         7 memory profile of the trained setup  8 large-margin fine-tuning (optional: --stop_stage 8)
+
+set -euo pipefail
+cd "$(dirname "$0")"
+. ./path.sh || exit 1
+
+stage=1
+stop_stage=7
+data=voxceleb              # voxceleb | mini (the synthetic corpus; `make demo`)
+
+# Locations. Empty means "the default of --data" (filled in below).
+data_dir=                  # Kaldi data directories
+fbank_dir=                 # features
+download_dir=              # archives (VoxCeleb zips, musan.tar.gz, rirs_noises.zip, trial lists)
+raw_dir=                   # extracted corpora
+config=                    # training config
+exp_dir=                   # experiment directory
+
+# Sets
+train_set=                 # training data dir name (vox2_dev | mini_train)
+eval_set=                  # evaluation data dir name, holding trials/ (vox1 | mini_test)
+trials=                    # trial lists in <data_dir>/<eval_set>/trials/
+
+# Augmentation (stage 1), Kaldi style: copies written next to the clean set, then combined with it
+speed_perturb=false        # add sp0.9- / sp1.1- copies as new speakers (sox pipes in wav.scp)
+aug=false                  # add augmented copies of the training set
+aug_types="reverb noise music babble"
+aug_num_utts=              # utterances per augmentation type (empty: all; Kaldi v2 keeps 1M of 4M)
+vox2_to_wav=false          # convert VoxCeleb2 m4a to wav once (local/m4a2wav.sh) instead of ffmpeg pipes
+
+# Compute
+nj=                        # parallel jobs for data preparation / fbank / augmentation
+gpus=                      # e.g. "[0,1,2,3,4,5,6,7]" (WeSpeaker style); empty: no GPU, one process
+num_nodes=1                # multi-node: the same command on every node, torchrun rendezvous
+node_rank=0                # this node (only for --rdzv_backend static)
+master_addr=localhost      # rendezvous host (node 0)
+master_port=29400
+rdzv_backend=c10d          # c10d (elastic, node ranks assigned) | static (uses node_rank)
+rdzv_id=memsv_voxceleb
+
+# Training / scoring
+train_opts=                # extra `memsv train` arguments, e.g. "--set train.epochs=10 --precision bf16"
+resume=false               # continue an interrupted stage 3 from its newest checkpoint
+num_avg=                   # checkpoints averaged into avg_model.pt (default: train.num_avg of the config)
+score_norm=asnorm          # stage 6 normalisation (asnorm | snorm)
+top_n=300                  # AS-norm cohort size
+profile_opts=              # extra `memsv profile-memory` arguments, e.g. "--gpu-memory 11GiB"
+
+# Large-margin fine-tuning (stage 8; WeSpeaker's *_lm configs)
+lm_exp_dir=                # default: <exp_dir>-LM
+lm_opts="--set data.chunk_frames=600 --set margin_scheduler.initial_margin=0.5 --set margin_scheduler.final_margin=0.5 --set margin_scheduler.increase_start_epoch=0 --set margin_scheduler.fix_start_epoch=0 --set scheduler.initial_lr=1.0e-4 --set scheduler.final_lr=2.5e-5 --set scheduler.warm_up_epochs=1 --set scheduler.warm_from_zero=false --set train.epochs=5 --set train.num_avg=1"
+
+help_message="usage: ./run.sh [--data voxceleb|mini] [--stage N] [--stop_stage N] [--config conf/X.yaml] [--exp_dir exp/X] ..."
+. tools/parse_options.sh || exit 1
+[ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
+
+case $data in
+  voxceleb)
+    : "${data_dir:=data}" "${fbank_dir:=fbank}" "${download_dir:=data/download_data}" "${raw_dir:=data/raw_data}"
+    : "${config:=conf/resnet34.yaml}" "${train_set:=vox2_dev}" "${eval_set:=vox1}"
+    : "${trials:=vox1_O_cleaned.kaldi vox1_E_cleaned.kaldi vox1_H_cleaned.kaldi}" "${nj:=16}"
+    ;;
+  mini)
+    : "${data_dir:=data/mini}" "${fbank_dir:=fbank/mini}" "${download_dir:=data/download_data}"
+    : "${raw_dir:=data/mini}" "${config:=conf/mini.yaml}" "${train_set:=mini_train}" "${eval_set:=mini_test}"
+    : "${trials:=mini.kaldi}" "${nj:=2}"
+    ;;
+  *) echo "$0: --data must be voxceleb or mini, got '$data'" >&2; exit 1 ;;
+esac
+: "${exp_dir:=exp/$(basename "$config" .yaml)}"
+: "${lm_exp_dir:=${exp_dir}-LM}"
+[ -f "$config" ] || { echo "$0: config $config not found (see conf/)" >&2; exit 1; }
+
+# The training set after stage 1's optional speed perturbation and augmentation.
+train_data=$train_set
+$speed_perturb && train_data=${train_data}_sp
+$aug && train_data=${train_data}_aug
+
+gpus=${gpus//[\[\] ]/}
+num_gpus=0
+[ -n "$gpus" ] && num_gpus=$(echo "$gpus" | awk -F, '{ print NF }')
+
+log() { echo -e "$(date -u '+%Y-%m-%d %H:%M:%S') [run.sh stage $1] ${*:2}" >&2; }
+t_start=$SECONDS
+
+# --------------------------------------------------------------------------------------------------
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  log 1 "prepare data ($data) in $data_dir"
+  if [ $data = voxceleb ]; then
+    local/download_data.sh --download_dir "$download_dir" --fetch_aug "$aug"
+    local/prepare_vox2.sh --download_dir "$download_dir" --raw_dir "$raw_dir" --to_wav "$vox2_to_wav" \
+      --nj "$nj" "$data_dir"
+    local/prepare_vox1.sh --download_dir "$download_dir" --raw_dir "$raw_dir" "$data_dir"
+    if $aug; then
+      local/prepare_musan.sh --download_dir "$download_dir" --raw_dir "$raw_dir" "$data_dir"
+      local/prepare_rirs.sh --download_dir "$download_dir" --raw_dir "$raw_dir" "$data_dir"
+    fi
+    babble_source=$data_dir/musan_speech
+  else
+    memsv prepare-data --corpus mini --out "$data_dir"
+    # Stand-ins for MUSAN / RIRS_NOISES; babble uses the training speech itself (never the test set).
+    if $aug; then
+      memsv make-aug-sources "$data_dir/aug_sources"
+      for kind in noise music; do ln -sfn "aug_sources/$kind" "$data_dir/musan_$kind"; done
+      ln -sfn aug_sources/rirs "$data_dir/rirs"
+    fi
+    babble_source=$data_dir/$train_set
+  fi
+
+  src=$train_set
+  if $speed_perturb; then
+    log 1 "speed perturbation 0.9/1.0/1.1 -> $data_dir/${src}_sp"
+    memsv speed-perturb "$data_dir/$src" "$data_dir/${src}_sp" --factors 0.9,1.0,1.1
+    src=${src}_sp
+  fi
+  if $aug; then
+    parts=()
+    num_opt=()
+    [ -n "$aug_num_utts" ] && num_opt=(--num-utts "$aug_num_utts")
+    for type in $aug_types; do
+      case $type in
+        reverb) source=$data_dir/rirs ;;
+        noise|music) source=$data_dir/musan_$type ;;
+        babble) source=$babble_source ;;
+        *) echo "$0: unknown augmentation type '$type'" >&2; exit 1 ;;
+      esac
+      log 1 "augmented copy: $type -> $data_dir/${src}_$type"
+      memsv augment-data "$data_dir/$src" "$data_dir/${src}_$type" --type "$type" --source "$source" \
+        --nj "$nj" "${num_opt[@]}"
+      parts+=("$data_dir/${src}_$type")
+    done
+    tools/combine_data.sh "$data_dir/${src}_aug" "$data_dir/$src" "${parts[@]}"
+  fi
+fi
+
+# --------------------------------------------------------------------------------------------------
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  # The clean training set is needed too: its embeddings give the mean and the AS-norm cohort.
+  for x in $(echo "$train_data $train_set $eval_set" | tr ' ' '\n' | awk '!seen[$0]++'); do
+    log 2 "fbank: $data_dir/$x -> $fbank_dir/$x"
+    memsv extract-fbank "$data_dir/$x" "$fbank_dir/$x" --nj "$nj"
+  done
+fi
+
+# --------------------------------------------------------------------------------------------------
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log 3 "train $config on $fbank_dir/$train_data -> $exp_dir ($num_gpus GPU(s) x $num_nodes node(s))"
+  args=(train --config "$config" --data "$fbank_dir/$train_data" --exp-dir "$exp_dir")
+  $resume && args+=(--resume)
+  [ -n "$num_avg" ] && args+=(--set "train.num_avg=$num_avg")
+  # shellcheck disable=SC2206  # train_opts is a word list on purpose
+  args+=($train_opts)
+  if [ "$num_gpus" -ge 1 ]; then
+    export CUDA_VISIBLE_DEVICES=$gpus
+    launcher=(torchrun --nnodes="$num_nodes" --nproc_per_node="$num_gpus" --rdzv_backend="$rdzv_backend"
+              --rdzv_endpoint="$master_addr:$master_port" --rdzv_id="$rdzv_id")
+    [ "$rdzv_backend" = static ] && launcher+=(--node_rank="$node_rank" --master_addr="$master_addr"
+                                               --master_port="$master_port")
+    "${launcher[@]}" -m memsv_cli "${args[@]}" --device cuda
+  else
+    memsv "${args[@]}"
+  fi
+fi
+
+# --------------------------------------------------------------------------------------------------
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  n=${num_avg:-$(local/read_config.py "$exp_dir/config.yaml" train.num_avg)}
+  log 4 "average the last $n checkpoints -> $exp_dir/models/avg_model.pt"
+  memsv average-model --exp-dir "$exp_dir" --num "$n"
+  for x in $eval_set $train_set; do
+    spk_mean=()
+    [ "$x" = "$train_set" ] && spk_mean=(--spk-mean)  # speaker means: the AS-norm cohort
+    log 4 "embeddings: $fbank_dir/$x -> $exp_dir/embeddings/$x"
+    memsv extract-embeddings --checkpoint "$exp_dir/models/avg_model.pt" --data "$fbank_dir/$x" \
+      --out "$exp_dir/embeddings/$x" "${spk_mean[@]}"
+  done
+fi
+
+trial_args() { local t; for t in $trials; do printf -- '--trials\n%s\n' "$data_dir/$eval_set/trials/$t"; done; }
+
+# --------------------------------------------------------------------------------------------------
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log 5 "cosine scoring, $train_set mean subtracted -> $exp_dir/scores"
+  mapfile -t targs < <(trial_args)
+  memsv score "${targs[@]}" --embeddings "$exp_dir/embeddings/$eval_set/xvector.scp" \
+    --mean-from "$exp_dir/embeddings/$train_set/xvector.scp" --out-dir "$exp_dir/scores" --det-plot
+  memsv score "${targs[@]}" --embeddings "$exp_dir/embeddings/$eval_set/xvector.scp" \
+    --mean-from "$exp_dir/embeddings/$train_set/xvector.scp" --json > "$exp_dir/scores/results.json.tmp"
+  mv "$exp_dir/scores/results.json.tmp" "$exp_dir/scores/results.json"
+fi
+
+# --------------------------------------------------------------------------------------------------
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log 6 "$score_norm scoring (top $top_n of the $train_set speaker cohort) -> $exp_dir/scores_$score_norm"
+  mapfile -t targs < <(trial_args)
+  norm_args=(--embeddings "$exp_dir/embeddings/$eval_set/xvector.scp"
+             --mean-from "$exp_dir/embeddings/$train_set/xvector.scp" --norm "$score_norm"
+             --cohort "$exp_dir/embeddings/$train_set/spk_xvector.scp" --top-n "$top_n")
+  memsv score "${targs[@]}" "${norm_args[@]}" --out-dir "$exp_dir/scores_$score_norm" --det-plot
+  memsv score "${targs[@]}" "${norm_args[@]}" --json > "$exp_dir/scores_$score_norm/results.json.tmp"
+  mv "$exp_dir/scores_$score_norm/results.json.tmp" "$exp_dir/scores_$score_norm/results.json"
+fi
+
+# --------------------------------------------------------------------------------------------------
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  # The setup that was trained: model (and width), optimizer, precision, chunk, per-GPU batch, classes.
+  mapfile -t c < <(local/read_config.py "$exp_dir/config.yaml" model.name model.args.base_width \
+    model.args.embed_dim model.args.feat_dim optimizer.name train.precision data.chunk_frames train.batch_size)
+  num_spk=$(wc -l < "$fbank_dir/$train_data/spk2utt")
+  popts=(--model "${c[0]}" --optimizer "${c[4]}" --precision "${c[5]}" --frames "${c[6]}"
+         --batch-size "${c[7]}" --num-speakers "$num_spk")
+  [ -n "${c[1]}" ] && popts+=(--base-width "${c[1]}")
+  [ -n "${c[2]}" ] && popts+=(--embed-dim "${c[2]}")
+  [ -n "${c[3]}" ] && popts+=(--feat-dim "${c[3]}")
+  # shellcheck disable=SC2206
+  popts+=($profile_opts)
+  log 7 "memory profile: ${popts[*]} -> $exp_dir/memory.json"
+  memsv profile-memory "${popts[@]}"
+  memsv profile-memory "${popts[@]}" --json > "$exp_dir/memory.json.tmp"
+  mv "$exp_dir/memory.json.tmp" "$exp_dir/memory.json"
+fi
+
+# --------------------------------------------------------------------------------------------------
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
+  log 8 "large-margin fine-tuning of $exp_dir/models/avg_model.pt -> $lm_exp_dir"
+  # shellcheck disable=SC2206
+  lm_args=(train --config "$exp_dir/config.yaml" --data "$fbank_dir/$train_data" --exp-dir "$lm_exp_dir"
+           --set "train.init_model=$exp_dir/models/avg_model.pt" $lm_opts)
+  if [ "$num_gpus" -ge 1 ]; then
+    export CUDA_VISIBLE_DEVICES=$gpus
+    torchrun --nnodes="$num_nodes" --nproc_per_node="$num_gpus" --rdzv_backend="$rdzv_backend" \
+      --rdzv_endpoint="$master_addr:$master_port" --rdzv_id="${rdzv_id}_lm" -m memsv_cli "${lm_args[@]}" --device cuda
+  else
+    memsv "${lm_args[@]}"
+  fi
+  for x in $eval_set $train_set; do
+    spk_mean=()
+    [ "$x" = "$train_set" ] && spk_mean=(--spk-mean)
+    memsv extract-embeddings --checkpoint "$lm_exp_dir/models/avg_model.pt" --data "$fbank_dir/$x" \
+      --out "$lm_exp_dir/embeddings/$x" "${spk_mean[@]}"
+  done
+  mapfile -t targs < <(trial_args)
+  memsv score "${targs[@]}" --embeddings "$lm_exp_dir/embeddings/$eval_set/xvector.scp" \
+    --mean-from "$lm_exp_dir/embeddings/$train_set/xvector.scp" --norm "$score_norm" \
+    --cohort "$lm_exp_dir/embeddings/$train_set/spk_xvector.scp" --top-n "$top_n" \
+    --out-dir "$lm_exp_dir/scores_$score_norm" --det-plot
+fi
+
+log done "stages $stage-$stop_stage finished in $((SECONDS - t_start)) s; results under $exp_dir"
