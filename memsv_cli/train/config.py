@@ -14,6 +14,7 @@ last 10 checkpoints.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,24 @@ KEPT_ON_SWITCH: dict[str, tuple[str, ...]] = {
 }
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``; researchers don't)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML with :class:`_Loader` (safe, plus ``1e-3`` floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -136,7 +155,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(path):
         raise MemsvError(f"--set {text!r}: empty key component")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise MemsvError(f"--set {text!r}: value is not valid YAML ({err})") from None
     return path, value
@@ -157,7 +176,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "no such config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
