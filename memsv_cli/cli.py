@@ -17,6 +17,7 @@ from memsv_cli.errors import MemsvError
 COMMAND_MODULES: tuple[str, ...] = (
     "augment",
     "train",
+    "embed",
     "score",
 )
 

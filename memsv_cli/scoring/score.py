@@ -18,7 +18,7 @@ import kaldiio
 import numpy as np
 
 from memsv_cli.atomic import write_text_atomic
-from memsv_cli.data.kaldi_dir import NONTARGET, TARGET, read_trials
+from memsv_cli.data.kaldi_dir import NONTARGET, TARGET, Trial, read_trials
 from memsv_cli.errors import InputError, MemsvError
 from memsv_cli.scoring.metrics import ErrorRates, Metrics, compute_metrics
 from memsv_cli.scoring.norm import cosine_pairs, length_normalise, normalise_scores
@@ -156,6 +156,16 @@ def _format_score_lines(
     return "".join(f"{e} {t} {s} {y}\n" for e, t, s, y in zip(enroll, test, text, names, strict=True))
 
 
+def _trial_indices(index: dict[str, int], trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of each trial's enrolment and test embedding, ``-1`` where the key has none; ``(T,)`` each."""
+    get = index.get
+    # List comprehensions over the dict's C-level ``get``: the fastest pure-Python lookup (half a
+    # second for 1.16M keys), and the only per-trial Python work left in scoring.
+    enroll = np.array([get(t.enroll, -1) for t in trials], dtype=np.int64)
+    test = np.array([get(t.test, -1) for t in trials], dtype=np.int64)
+    return enroll, test
+
+
 def score_trial_lists(
     trials: Sequence[str | Path],
     embeddings: str | Path,
@@ -227,9 +237,7 @@ def score_trial_lists(
 
     results = []
     for path, trial_list in zip(paths, parsed, strict=True):
-        lookup = table.index.get
-        enroll_idx = np.fromiter((lookup(t.enroll, -1) for t in trial_list), np.int64, len(trial_list))
-        test_idx = np.fromiter((lookup(t.test, -1) for t in trial_list), np.int64, len(trial_list))
+        enroll_idx, test_idx = _trial_indices(table.index, trial_list)
         keep = (enroll_idx >= 0) & (test_idx >= 0)
         num_skipped = int(keep.size - keep.sum())
         if num_skipped:
@@ -256,7 +264,7 @@ def score_trial_lists(
                 scores, enroll_idx, test_idx, unit, unit_cohort, top_n if norm == "asnorm" else None
             )
         labelled = trial_list[0].label is not None
-        labels = np.fromiter((t.label for t in trial_list), np.bool_, len(trial_list)) if labelled else None
+        labels = np.array([t.label for t in trial_list], dtype=np.bool_) if labelled else None
         metrics, rates, note = _metrics_or_note(scores, labels)
         result = TrialListResult(
             path.name,

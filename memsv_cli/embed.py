@@ -1,0 +1,283 @@
+"""``extract-embeddings``: whole-utterance speaker embeddings from a checkpoint, as Kaldi ark/scp.
+
+- Input: a features directory with ``feats.scp`` (``utt2num_frames`` used when present, ``utt2spk``
+  needed only for speaker means).
+- Every utterance is mean-normalised over its frames, as in training (there per 200-frame chunk,
+  here over the whole utterance), and embedded whole: no cropping, no padding.
+- Batching never changes a result: only utterances of *identical* length share a batch, so every batch
+  is a plain stack of full utterances and the model (in eval mode: BatchNorm uses running statistics)
+  computes each row exactly as it would alone, up to floating-point summation order (< 1e-5).
+  Batches are capped in frames as well as in utterances so that long recordings run one by one.
+- Output: ``xvector.ark`` + ``xvector.scp`` (and ``spk_xvector.{ark,scp}`` with ``spk_mean``), keys in
+  C-locale order. The scp is the completion marker: an old scp is removed before anything is written,
+  the ark is written under its final name, and the scp is renamed into place last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from memsv_cli.atomic import atomic_path
+from memsv_cli.data.dataset import read_feats_scp
+from memsv_cli.data.kaldi_dir import c_sorted, read_utt2num_frames, read_utt2spk
+from memsv_cli.errors import InputError, MemsvError
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if choice == "auto":
+        return torch.device("cuda")
+    if not (choice == "cuda" or choice.startswith("cuda:")):
+        raise MemsvError(f"--device must be auto, cpu, cuda or cuda:N, got {choice!r}")
+    if not torch.cuda.is_available():
+        raise MemsvError(f"--device {choice}: CUDA is not available here (use --device cpu or auto)")
+    try:
+        device = torch.device(choice)
+    except RuntimeError:
+        raise MemsvError(f"--device {choice!r} is not a valid device") from None
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise MemsvError(f"--device {choice}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def mean_normalise(feats: np.ndarray) -> np.ndarray:
+    """Subtract the per-dimension mean over frames: ``(frames, F)`` -> ``(frames, F)`` float32."""
+    feats = np.asarray(feats, dtype=np.float32)
+    return feats - feats.mean(axis=0, keepdims=True)
+
+
+def plan_batches(lengths: Mapping[str, int], batch_size: int, max_batch_frames: int) -> list[list[str]]:
+    """Group utterances of identical length into batches.
+
+    Args:
+        lengths: utterance -> frames.
+        batch_size: at most this many utterances per batch.
+        max_batch_frames: at most this many frames per batch (``len(batch) * frames``); an utterance
+            longer than this gets a batch of its own.
+
+    Returns:
+        Batches (lists of utterance ids, C-locale order within a batch), shortest utterances first.
+    """
+    if batch_size < 1:
+        raise MemsvError(f"--batch-size must be at least 1, got {batch_size}")
+    by_length: dict[int, list[str]] = {}
+    for utt in c_sorted(lengths):
+        by_length.setdefault(lengths[utt], []).append(utt)
+    batches = []
+    for frames in sorted(by_length):
+        per_batch = max(1, min(batch_size, max_batch_frames // max(frames, 1)))
+        utts = by_length[frames]
+        batches += [utts[i : i + per_batch] for i in range(0, len(utts), per_batch)]
+    return batches
+
+
+class _BatchReader(Dataset):
+    """Item ``i`` is batch ``i``: ``(utt ids, (B, frames, F) float32 tensor)``, mean-normalised."""
+
+    def __init__(self, batches: list[list[str]], arks: Mapping[str, str], scp: Path) -> None:
+        self.batches, self.arks, self.scp = batches, dict(arks), scp
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[list[str], torch.Tensor]:
+        utts = self.batches[index]
+        mats = []
+        for utt in utts:
+            try:
+                mat = kaldiio.load_mat(self.arks[utt])
+            except Exception as err:
+                raise MemsvError(
+                    f"{self.scp}: cannot read features of {utt!r} ({type(err).__name__}: {err})"
+                ) from None
+            if mat.ndim != 2:
+                raise InputError(self.scp, f"features of {utt!r} are not a (frames, dim) matrix")
+            mats.append(mean_normalise(mat))
+        if len({m.shape for m in mats}) != 1:
+            shapes = ", ".join(f"{u}: {m.shape}" for u, m in zip(utts, mats, strict=True))
+            raise InputError(self.scp, f"utt2num_frames disagrees with the features ({shapes})")
+        return utts, torch.from_numpy(np.stack(mats))
+
+
+def _utterance_lengths(feats_dir: Path, arks: Mapping[str, str]) -> dict[str, int]:
+    """Frames per utterance from ``utt2num_frames``, else by reading every matrix once."""
+    path = feats_dir / "utt2num_frames"
+    if path.is_file():
+        lengths = read_utt2num_frames(path)
+        missing = [u for u in arks if u not in lengths]
+        if missing:
+            raise InputError(path, f"{len(missing)} utterance(s) of feats.scp missing, first {missing[0]!r}")
+        return {u: lengths[u] for u in arks}
+    lengths = {}
+    for utt, mat in kaldiio.load_scp_sequential(str(feats_dir / "feats.scp")):
+        lengths[utt] = int(mat.shape[0])
+    return lengths
+
+
+@torch.inference_mode()
+def embed_batches(
+    model: torch.nn.Module,
+    batches: Iterator[tuple[list[str], torch.Tensor]],
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``model`` (already in eval mode on ``device``) over batches; utt -> ``(D,)`` float32."""
+    out: dict[str, np.ndarray] = {}
+    for utts, feats in batches:
+        try:
+            emb = model(feats.to(device))
+        except RuntimeError as err:
+            raise MemsvError(
+                f"model failed on {utts[0]!r} ({feats.shape[1]} frames): {str(err).splitlines()[0]}"
+            ) from None
+        emb = emb.float().cpu().numpy()
+        for utt, vec in zip(utts, emb, strict=True):
+            out[utt] = vec
+        if on_batch is not None:
+            on_batch(len(utts))
+    return out
+
+
+def write_vectors(out_dir: Path, name: str, vectors: Mapping[str, np.ndarray]) -> Path:
+    """Write ``<name>.ark`` and ``<name>.scp`` (C-locale key order); the scp appears last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scp, ark = out_dir / f"{name}.scp", out_dir / f"{name}.ark"
+    scp.unlink(missing_ok=True)  # the old scp would point into the ark about to be overwritten
+    with atomic_path(scp) as tmp_scp, kaldiio.WriteHelper(f"ark,scp:{ark},{tmp_scp}") as writer:
+        for key in c_sorted(vectors):
+            writer(key, np.asarray(vectors[key], dtype=np.float32))
+    return scp
+
+
+def speaker_means(embeddings: Mapping[str, np.ndarray], utt2spk: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Mean of each speaker's raw embeddings (the AS-norm cohort, as WeSpeaker's ``vector_mean.py``)."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for utt, vec in embeddings.items():
+        spk = utt2spk[utt]
+        sums[spk] = sums.get(spk, 0.0) + vec.astype(np.float64)
+        counts[spk] = counts.get(spk, 0) + 1
+    return {spk: (sums[spk] / counts[spk]).astype(np.float32) for spk in sums}
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    """What ``extract_embeddings`` wrote."""
+
+    num_utts: int
+    num_batches: int
+    embed_dim: int
+    xvector_scp: Path
+    spk_xvector_scp: Path | None
+    num_speakers: int | None
+    seconds: float
+
+
+def extract_embeddings(
+    checkpoint: str | Path,
+    feats_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 64,
+    max_batch_frames: int = 64_000,
+    nj: int = 0,
+    device: str = "auto",
+    spk_mean: bool = False,
+    progress: bool = True,
+) -> EmbedSummary:
+    """Embed every utterance of ``feats_dir/feats.scp`` with the model of ``checkpoint``.
+
+    Args:
+        checkpoint: ``avg_model.pt`` or ``epoch_N.pt``; the model is built from its saved config.
+        feats_dir: directory with ``feats.scp`` (and ``utt2num_frames``; ``utt2spk`` for ``spk_mean``).
+        out_dir: receives ``xvector.{ark,scp}`` (and ``spk_xvector.{ark,scp}``).
+        batch_size: utterances per batch (only identical lengths are batched together).
+        max_batch_frames: frames per batch cap (memory bound for long utterances).
+        nj: feature-reading worker processes (0 reads in the main process).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        spk_mean: also write per-speaker mean embeddings.
+        progress: show a rich progress bar on stderr.
+    """
+    from memsv_cli.train.checkpoint import load_model_from_checkpoint
+
+    start = time.perf_counter()
+    feats_dir, out_dir = Path(feats_dir), Path(out_dir)
+    scp = feats_dir / "feats.scp"
+    if not feats_dir.is_dir():
+        raise MemsvError(f"{feats_dir}: no such features directory")
+    if nj < 0:
+        raise MemsvError(f"--nj must be >= 0, got {nj}")
+    arks = read_feats_scp(scp)
+    if not arks:
+        raise InputError(scp, "empty: no utterances")
+    utt2spk = None
+    if spk_mean:
+        utt2spk_path = feats_dir / "utt2spk"
+        if not utt2spk_path.is_file():
+            raise MemsvError(f"--spk-mean needs {utt2spk_path} (speaker of each utterance)")
+        utt2spk = read_utt2spk(utt2spk_path)
+        missing = [u for u in arks if u not in utt2spk]
+        if missing:
+            raise InputError(
+                utt2spk_path,
+                f"{len(missing)} utterance(s) of feats.scp have no speaker, first {missing[0]!r}",
+            )
+    torch_device = resolve_device(device)
+    model, _config = load_model_from_checkpoint(checkpoint, torch_device)
+    lengths = _utterance_lengths(feats_dir, arks)
+    batches = plan_batches(lengths, batch_size, max_batch_frames)
+    loader = DataLoader(
+        _BatchReader(batches, arks, scp),
+        batch_size=None,
+        shuffle=False,
+        num_workers=nj,
+        pin_memory=torch_device.type == "cuda",
+    )
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]embeddings"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("utts"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task("embed", total=len(arks))
+        vectors = embed_batches(
+            model, iter(loader), torch_device, on_batch=lambda n: bar.update(task, advance=n)
+        )
+    xvector_scp = write_vectors(out_dir, "xvector", vectors)
+    spk_scp, num_spk = None, None
+    if utt2spk is not None:
+        means = speaker_means(vectors, utt2spk)
+        spk_scp, num_spk = write_vectors(out_dir, "spk_xvector", means), len(means)
+    dim = int(next(iter(vectors.values())).shape[0])
+    return EmbedSummary(
+        len(vectors), len(batches), dim, xvector_scp, spk_scp, num_spk, time.perf_counter() - start
+    )
+
+
+__all__ = [
+    "EmbedSummary",
+    "embed_batches",
+    "extract_embeddings",
+    "mean_normalise",
+    "plan_batches",
+    "resolve_device",
+    "speaker_means",
+    "write_vectors",
+]
