@@ -62,7 +62,8 @@ def average_checkpoints(
     Args:
         models_dir: folder with ``epoch_N.pt``.
         dst: output file (default ``models_dir/avg_model.pt``), written atomically with ``model``,
-            ``config`` (of the newest checkpoint) and ``averaged_epochs``.
+            ``config`` (of the newest checkpoint), ``averaged_epochs`` and (when every checkpoint has
+            one) the averaged AAM-softmax ``head``.
         num: how many of the newest checkpoints to average (fewer if fewer exist).
         min_epoch, max_epoch: optional inclusive epoch range.
     Returns:
@@ -79,10 +80,12 @@ def average_checkpoints(
         raise MemsvError(f"{models_dir}: no epoch_N.pt checkpoints to average")
     epochs = list(found)[-num:]
     # One checkpoint in memory at a time: training checkpoints also hold optimizer states.
-    states, config, names = [], None, set()
+    states, heads, config, names = [], [], None, set()
     for e in epochs:
         payload = load_checkpoint(found[e])
         states.append(payload["model"])
+        if payload.get("head") is not None:
+            heads.append(payload["head"])
         config = payload["config"]
         names.add(config["model"]["name"])
         del payload
@@ -91,5 +94,7 @@ def average_checkpoints(
     model = average_state_dicts(states)
     dst = Path(dst) if dst is not None else Path(models_dir) / "avg_model.pt"
     payload: dict[str, Any] = {"model": model, "config": config, "averaged_epochs": epochs}
+    if len(heads) == len(states):  # the classifier too, so that fine-tuning can start from it
+        payload["head"] = average_state_dicts(heads)
     save_checkpoint(dst, payload)
     return dst, epochs

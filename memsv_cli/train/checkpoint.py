@@ -44,8 +44,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise MemsvError(f"{path}: not a memsv checkpoint (needs 'model' and 'config' entries)")
     version = payload.get("format_version", 0)
     if version > FORMAT_VERSION:
-        raise MemsvError(f"{path}: checkpoint format {version} is newer than this memsv "
-                         f"({FORMAT_VERSION}); upgrade memsv")
+        raise MemsvError(
+            f"{path}: checkpoint format {version} is newer than this memsv ({FORMAT_VERSION}); upgrade memsv"
+        )
     return payload
 
 
@@ -59,13 +60,16 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
     return get_model(model_cfg["name"], **(model_cfg.get("args") or {}))
 
 
-def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"
-                               ) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the model from the checkpoint's config, load its weights, return ``(model.eval(), config)``."""
     payload = load_checkpoint(path)
     model = build_model(payload["config"])
     missing, unexpected = model.load_state_dict(payload["model"], strict=False)
     if missing or unexpected:
-        raise MemsvError(f"{path}: weights do not match model {payload['config']['model']['name']!r} "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+        raise MemsvError(
+            f"{path}: weights do not match model {payload['config']['model']['name']!r} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
     return model.to(device).eval(), payload["config"]

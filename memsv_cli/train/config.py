@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
         "num_avg": 10,  # models/avg_model.pt averages the last num_avg epoch checkpoints
         "log_interval": 100,  # steps between train.log / metrics.jsonl step records
         "progress": True,  # rich progress bar on rank 0
+        # Start from these weights (a models/avg_model.pt or epoch_N.pt; WeSpeaker's model_init), e.g.
+        # for large-margin fine-tuning. The head is taken too when the checkpoint has a matching one.
+        "init_model": None,
+        "dist_timeout_s": 1800,  # torch.distributed collective timeout: a dead rank fails the others
     },
 }
 
@@ -77,6 +81,7 @@ RUNTIME_KEYS: tuple[str, ...] = (
     "train.log_interval",
     "train.progress",
     "train.device",
+    "train.dist_timeout_s",
 )
 
 # When a config file or override changes ``model.name`` / ``optimizer.name``, the inherited ``args``
@@ -226,6 +231,16 @@ def validate(config: dict[str, Any]) -> None:
         need(isinstance(train[key], int) and train[key] >= 1, f"train.{key}", "must be an integer >= 1")
     for key in ("num_workers", "num_avg", "log_interval"):
         need(isinstance(train[key], int) and train[key] >= 0, f"train.{key}", "must be an integer >= 0")
+    need(
+        train["init_model"] is None or isinstance(train["init_model"], str),
+        "train.init_model",
+        "must be a checkpoint path or null",
+    )
+    need(
+        _is_number(train["dist_timeout_s"]) and train["dist_timeout_s"] > 0,
+        "train.dist_timeout_s",
+        "must be > 0",
+    )
     need(train["precision"] in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
     need(train["device"] in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}")
     need(

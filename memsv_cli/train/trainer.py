@@ -66,6 +66,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch run now
     avg_model: Path | None = None
     curve: Path | None = None
+    net: SpeakerNet | None = None  # the trained model + head (this rank's copy)
 
 
 class TrainLog:
@@ -431,6 +432,32 @@ def build_state(config: dict[str, Any], num_classes: int, num_items: int, info: 
     return TrainState(net, optimizer, lr_sched, margin_sched, scaler, sampler)
 
 
+def init_from_checkpoint(net: SpeakerNet, path: str, log: TrainLog) -> None:
+    """Load ``train.init_model`` weights into the model (all keys must match) and, when the checkpoint
+    holds a head of the same shape, into the head (otherwise the head stays freshly initialised)."""
+    payload = load_checkpoint(path)
+    source = payload["config"]["model"]["name"]
+    try:
+        missing, unexpected = net.model.load_state_dict(payload["model"], strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise MemsvError(
+            f"train.init_model {path}: {source!r} weights do not fit this model ({err})"
+        ) from None
+    if missing or unexpected:
+        raise MemsvError(
+            f"train.init_model {path}: {source!r} weights do not fit this model "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
+    head = payload.get("head")
+    if head is not None and all(
+        k in head and head[k].shape == v.shape for k, v in net.head.state_dict().items()
+    ):
+        net.head.load_state_dict(head)
+        log.info(f"initialised model and head from {path}")
+    else:
+        log.info(f"initialised model from {path} (head: new, the checkpoint has no matching one)")
+
+
 def finish(exp_dir: Path, config: dict[str, Any], log: TrainLog) -> tuple[Path | None, Path | None]:
     """Average the last ``train.num_avg`` checkpoints and draw the training curve (rank 0)."""
     avg = None
@@ -462,7 +489,7 @@ def train(
     Returns:
         :class:`TrainResult`.
     """
-    info = init_distributed(config["train"]["device"])
+    info = init_distributed(config["train"]["device"], timeout_s=config["train"]["dist_timeout_s"])
     try:
         return _train(config, Path(exp_dir), info, resume, stop_after_epoch)
     finally:
@@ -512,6 +539,8 @@ def _train(
         log.truncate_after(state.epoch)
         log.info(f"resumed from {models_dir}/epoch_{state.epoch}.pt (step {state.step})")
     else:
+        if tc["init_model"]:
+            init_from_checkpoint(state.net, tc["init_model"], log)
         if info.is_main:
             log.metrics_path.unlink(missing_ok=True)
         n_params = sum(p.numel() for p in state.net.model.parameters())
@@ -527,7 +556,7 @@ def _train(
         ddp_net = DDP(state.net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     spec_aug = SpecAugment(**config["data"]["spec_aug_args"]) if config["data"]["spec_aug"] else None
     dataset = ChunkDataset(data, config["data"]["chunk_frames"], spec_aug)
-    result = TrainResult(exp_dir, state.epoch)
+    result = TrainResult(exp_dir, state.epoch, net=state.net)
     last_epoch = tc["epochs"] if stop_after_epoch is None else min(tc["epochs"], stop_after_epoch)
     progress = TrainProgress(enabled=info.is_main and tc["progress"], total_epochs=tc["epochs"])
     try:
