@@ -140,3 +140,31 @@ def test_non_finite_scores_raise() -> None:
 def test_bad_p_target_raises() -> None:
     with pytest.raises(ValueError, match="p_target"):
         compute_min_dcf([0.1, 0.2], [1, 0], p_target=1.0)
+
+
+def _nist_sre_eer_min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float) -> tuple[float, float]:
+    """The NIST SRE scoring-tool formulation (one operating point per trial, ascending sort), as used
+    by WeSpeaker and 3D-Speaker; independent of memsv's tie-aware, descending implementation."""
+    order = np.argsort(scores, kind="mergesort")
+    y = labels[order]
+    fnr = np.cumsum(y) / y.sum()
+    fpr = 1 - np.cumsum(~y) / (~y).sum()
+    diff = fnr - fpr
+    x1 = np.flatnonzero(diff >= 0)[0]
+    x2 = np.flatnonzero(diff < 0)[-1]
+    a = (fnr[x1] - fpr[x1]) / (fpr[x2] - fpr[x1] - (fnr[x2] - fnr[x1]))
+    eer = fnr[x1] + a * (fnr[x2] - fnr[x1])
+    # Add the accept-all point (fnr 0, fpr 1) that the per-trial curve lacks.
+    dcf = np.min(np.append(p_target * fnr + (1 - p_target) * fpr, 1 - p_target))
+    return float(eer), float(dcf / min(p_target, 1 - p_target))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_nist_sre_formulation_without_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(20000) < 0.08
+    scores = rng.normal(size=20000) + 2.0 * labels  # continuous: no ties
+    for p in (0.01, 0.05):
+        eer, dcf = _nist_sre_eer_min_dcf(scores, labels, p)
+        assert compute_eer(scores, labels) == pytest.approx(eer, abs=1e-12)
+        assert compute_min_dcf(scores, labels, p_target=p) == pytest.approx(dcf, abs=1e-12)

@@ -315,3 +315,11 @@ def test_load_embeddings_keeps_file_order_and_values(setup) -> None:
     table = load_embeddings(setup["scp"])
     assert table.keys == list(setup["emb"])
     np.testing.assert_allclose(table.matrix[table.index["spk2/utt3"]], setup["emb"]["spk2/utt3"], rtol=1e-6)
+
+
+def test_nan_embedding_is_reported_with_the_trial(setup, capsys) -> None:
+    bad = dict(setup["emb"])
+    bad["spk0/utt0"] = np.full(DIM, np.nan)
+    scp = _write_scp(setup["dir"] / "nan.scp", bad)
+    code, _, err = _run(["score", "-t", str(setup["kaldi"]), "-e", str(scp)], capsys)
+    assert code == 1 and "NaN" in err and "spk0/utt0" in err

@@ -16,7 +16,7 @@ from memsv_cli.atomic import atomic_path
 from memsv_cli.scoring.metrics import ErrorRates, Metrics
 
 # Axis ticks in percent, as in NIST DET plots.
-_TICKS = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40])
+_TICKS = np.array([0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 40, 60])
 
 
 def write_det_plot(
@@ -31,8 +31,8 @@ def write_det_plot(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    # Rates of 0 or 1 lie at -inf / +inf on probit axes: clip just outside the smallest tick.
-    lo, hi = _TICKS[0] / 100 / 2, 0.5
+    # Rates of 0 or 1 lie at -inf / +inf on probit axes: clip just outside the outer ticks.
+    lo, hi = _TICKS[0] / 100 / 2, 0.7
     fig = Figure(figsize=(5.5, 5.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -55,7 +55,7 @@ def write_det_plot(
     ax.set_ylabel("Miss probability (%)")
     ax.set_title(title)
     ax.grid(True, linewidth=0.4, alpha=0.6)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -156,14 +156,20 @@ def _format_score_lines(
     return "".join(f"{e} {t} {s} {y}\n" for e, t, s, y in zip(enroll, test, text, names, strict=True))
 
 
+def _key_rows(index: dict[str, int], keys: list[str]) -> np.ndarray:
+    """``(T,)`` int64 rows of ``keys`` in ``index``, ``-1`` for keys it lacks."""
+    # map() over the dict's C-level get, without a default, is ~4x faster than a comprehension calling
+    # get(k, -1) (measured: 0.26 s vs 1.1 s for 580k keys); a missing key yields None and the rare
+    # slow path fills in -1.
+    try:
+        return np.fromiter(map(index.get, keys), np.int64, len(keys))
+    except TypeError:
+        return np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+
+
 def _trial_indices(index: dict[str, int], trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
     """Rows of each trial's enrolment and test embedding, ``-1`` where the key has none; ``(T,)`` each."""
-    get = index.get
-    # List comprehensions over the dict's C-level ``get``: the fastest pure-Python lookup (half a
-    # second for 1.16M keys), and the only per-trial Python work left in scoring.
-    enroll = np.array([get(t.enroll, -1) for t in trials], dtype=np.int64)
-    test = np.array([get(t.test, -1) for t in trials], dtype=np.int64)
-    return enroll, test
+    return _key_rows(index, [t.enroll for t in trials]), _key_rows(index, [t.test for t in trials])
 
 
 def score_trial_lists(
@@ -263,6 +269,14 @@ def score_trial_lists(
             scores = normalise_scores(
                 scores, enroll_idx, test_idx, unit, unit_cohort, top_n if norm == "asnorm" else None
             )
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            first = trial_list[int(np.argmax(bad))]
+            raise InputError(
+                table.path,
+                f"{int(bad.sum())} trial score(s) of {path.name} are NaN or "
+                f"infinite (first: {first.enroll} {first.test}): check the embeddings for NaN",
+            )
         labelled = trial_list[0].label is not None
         labels = np.array([t.label for t in trial_list], dtype=np.bool_) if labelled else None
         metrics, rates, note = _metrics_or_note(scores, labels)
@@ -288,7 +302,7 @@ def score_trial_lists(
                 from memsv_cli.scoring.plot import write_det_plot
 
                 result.det_plot = Path(out_dir) / f"{path.name}.det.png"
-                write_det_plot(result.det_plot, {path.name: (rates, metrics)})
+                write_det_plot(result.det_plot, {path.name: (rates, metrics)}, title=f"DET: {path.name}")
         results.append(result)
     return results
 
@@ -350,5 +364,5 @@ def evaluate_score_file(path: str | Path, *, det_plot: str | Path | None = None)
         from memsv_cli.scoring.plot import write_det_plot
 
         result.det_plot = Path(det_plot)
-        write_det_plot(result.det_plot, {path.name: (rates, metrics)})
+        write_det_plot(result.det_plot, {path.name: (rates, metrics)}, title=f"DET: {path.name}")
     return result
