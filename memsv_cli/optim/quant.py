@@ -114,7 +114,7 @@ def dequantize_blockwise(
     nb = num_blocks(n, block_size)
     if absmax.numel() != nb:
         raise ValueError(f"absmax has {absmax.numel()} blocks, {n} elements need {nb} of {block_size}")
-    values = code.to(codes.device)[codes.reshape(-1).long()]
-    block_of = torch.arange(n, device=codes.device) // block_size
-    out = values * absmax.float()[block_of]
-    return out.view(shape if shape is not None else codes.shape)
+    values = torch.zeros(nb * block_size, dtype=torch.float32, device=codes.device)
+    values[:n] = code.to(codes.device)[codes.reshape(-1).long()]
+    out = values.view(nb, block_size) * absmax.float().unsqueeze(1)
+    return out.reshape(-1)[:n].view(shape if shape is not None else codes.shape)
