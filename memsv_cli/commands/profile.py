@@ -1,0 +1,54 @@
+"""``memsv profile-memory``: where one training step's memory goes, and what rev models / 8-bit save."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+
+from memsv_cli.profile.fit import parse_size
+from memsv_cli.profile.report import profile_memory, render
+from memsv_cli.profile.step import StepSetup
+
+
+def profile_memory_command(
+    model: str = typer.Option(
+        ..., "--model", help="Model name, e.g. resnet34, rev_resnet34, fullrev_resnet293."
+    ),
+    batch_size: int = typer.Option(128, "--batch-size", help="Utterances per training step."),
+    frames: int = typer.Option(200, "--frames", help="Chunk length in frames (10 ms)."),
+    feat_dim: int = typer.Option(80, "--feat-dim", help="Fbank bins."),
+    num_speakers: int = typer.Option(5994, "--num-speakers", help="Classes of the AAM-softmax head."),
+    embed_dim: int = typer.Option(256, "--embed-dim", help="Embedding size."),
+    base_width: int = typer.Option(32, "--base-width", help="Channels of the first stage."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd|sgd8bit|adam|adam8bit|adamw|adamw8bit."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32|bf16 (bf16 = autocast, fp32 weights)."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (cuda if present, else meta) | cpu (measure) | cuda (measure) | meta."
+    ),
+    compare: str = typer.Option(
+        "auto",
+        "--compare",
+        help="Baseline model (with the 32-bit optimizer); auto: the vanilla model of a rev_/fullrev_ model "
+        "or the 32-bit optimizer of an 8-bit one; none: no baseline.",
+    ),
+    gpu_memory: str = typer.Option(
+        None, "--gpu-memory", help="Card size (e.g. 11GiB): report the largest batch that fits."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object instead of the table."),
+) -> None:
+    """Profile one training step's peak memory by component (parameters, gradients, optimizer states,
+    activations, other) against the vanilla 32-bit baseline."""
+    setup = StepSetup(batch_size, frames, feat_dim, num_speakers, embed_dim, optimizer, precision)
+    budget = parse_size(gpu_memory) if gpu_memory is not None else None
+    report = profile_memory(model, setup, device, compare, budget, base_width)
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        render(report, Console())
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``profile-memory`` to the ``memsv`` app."""
+    app.command(name="profile-memory")(profile_memory_command)

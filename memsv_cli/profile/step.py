@@ -1,0 +1,133 @@
+"""One speaker-embedding training step, exactly as ``memsv train`` runs it, for memory measurement.
+
+A step is ``zero_grad(set_to_none=True)`` -> fbank batch ``(B, T, F)`` -> embedding model ``(B, E)`` ->
+AAM-softmax head ``(B, C)`` logits -> cross-entropy -> ``backward()`` -> ``optimizer.step()``. The head's
+weight ``(C, E)``, its gradient and optimizer state, and the ``(B, C)`` logits are part of the step's
+memory, as they are in real training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memsv_cli.errors import MemsvError
+from memsv_cli.train.heads import AAMSoftmax
+
+OPTIMIZERS = ("sgd", "sgd8bit", "adam", "adam8bit", "adamw", "adamw8bit")
+PRECISIONS = ("fp32", "bf16")
+
+# The recipe's hyper-parameters (PAPER.md); only the presence of momentum / moments matters for memory.
+OPTIMIZER_KWARGS: dict[str, dict[str, object]] = {
+    "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+    "adam": {"lr": 1e-3, "weight_decay": 1e-4},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
+}
+
+
+def full_precision_optimizer(name: str) -> str:
+    """The 32-bit optimizer an 8-bit one replaces (``adam8bit`` -> ``adam``); 32-bit names map to
+    themselves."""
+    return name.removesuffix("8bit")
+
+
+def build_optimizer(name: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The recipe's optimizer ``name`` (one of :data:`OPTIMIZERS`) over ``params``."""
+    if name not in OPTIMIZERS:
+        raise MemsvError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    from memsv_cli.optim import build_optimizer as build
+
+    return build(name, params, **OPTIMIZER_KWARGS[full_precision_optimizer(name)])
+
+
+@dataclass
+class StepSetup:
+    """Shapes and choices of one training step.
+
+    batch_size: utterances per step (B); frames: chunk length in 10 ms frames (T); feat_dim: fbank bins (F);
+    num_speakers: classifier classes (C); embed_dim: embedding size (E); optimizer: one of
+    :data:`OPTIMIZERS`; precision: ``fp32`` or ``bf16`` (autocast, fp32 master weights).
+    """
+
+    batch_size: int = 128
+    frames: int = 200
+    feat_dim: int = 80
+    num_speakers: int = 5994
+    embed_dim: int = 256
+    optimizer: str = "sgd"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "frames", "feat_dim", "num_speakers", "embed_dim"):
+            if getattr(self, key) < 1:
+                raise MemsvError(f"{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise MemsvError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise MemsvError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+@dataclass
+class TrainingStep:
+    """A model, its head and optimizer, ready to run :meth:`run` repeatedly on random batches."""
+
+    model: nn.Module
+    head: AAMSoftmax
+    optimizer: torch.optim.Optimizer
+    setup: StepSetup
+    device_type: str  # "cpu" or "cuda": where batches are made and which autocast applies
+
+    @classmethod
+    def build(
+        cls,
+        build_model: Callable[[], nn.Module],
+        setup: StepSetup,
+        device: torch.device | str = "cpu",
+        optimizer_factory: Callable[[str, list[nn.Parameter]], torch.optim.Optimizer] = build_optimizer,
+    ) -> TrainingStep:
+        """Build model (``build_model()``), head and optimizer on ``device``, in training mode."""
+        device = torch.device(device)
+        model = build_model().train()
+        head = AAMSoftmax(setup.embed_dim, setup.num_speakers).train()
+        if device.type != "cpu":  # fake (meta) tensors present as CPU tensors and cannot be moved
+            model, head = model.to(device), head.to(device)
+        optimizer = optimizer_factory(setup.optimizer, [*model.parameters(), *head.parameters()])
+        return cls(model, head, optimizer, setup, device.type)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.model.parameters()
+        yield from self.head.parameters()
+
+    def buffers(self) -> Iterator[torch.Tensor]:
+        yield from self.model.buffers()
+        yield from self.head.buffers()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.setup.precision == "bf16":
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def warm_up_optimizer(self) -> None:
+        """Create the optimizer states as a first step would, without running the model: every parameter
+        gets a zero gradient and the optimizer steps once (the states' sizes do not depend on values)."""
+        for p in self.parameters():
+            p.grad = torch.zeros_like(p)
+        self.optimizer.step()
+
+    def run(self) -> torch.Tensor:
+        """One full step (zero_grad, forward, backward, optimizer step); returns the loss (0-d)."""
+        s = self.setup
+        self.optimizer.zero_grad(set_to_none=True)
+        feats = torch.randn(s.batch_size, s.frames, s.feat_dim, device=self.device_type)
+        labels = torch.randint(0, s.num_speakers, (s.batch_size,), device=self.device_type)
+        with self._autocast():
+            embeddings = self.model(feats)
+            loss = F.cross_entropy(self.head(embeddings, labels), labels)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
