@@ -41,6 +41,7 @@ speed_perturb=false        # add sp0.9- / sp1.1- copies as new speakers (sox pip
 aug=false                  # add augmented copies of the training set
 aug_types="reverb noise music babble"
 aug_num_utts=              # utterances per augmentation type (empty: all; Kaldi v2 keeps 1M of 4M)
+mini_opts=                 # `memsv prepare-data --corpus mini` options (corpus size, seed)
 vox2_to_wav=false          # convert VoxCeleb2 m4a to wav once (local/m4a2wav.sh) instead of ffmpeg pipes
 
 # Compute
@@ -112,7 +113,8 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
     fi
     babble_source=$data_dir/musan_speech
   else
-    memsv prepare-data --corpus mini --out "$data_dir"
+    # shellcheck disable=SC2086
+    memsv prepare-data --corpus mini --out "$data_dir" $mini_opts
     # Stand-ins for MUSAN / RIRS_NOISES; babble uses the training speech itself (never the test set).
     if $aug; then
       memsv make-aug-sources "$data_dir/aug_sources"

@@ -1,0 +1,342 @@
+"""The VoxCeleb recipe: its shell tools, its local/ scripts, and a shortened mini run of every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memsv_cli.data.kaldi_dir import load_data_dir, read_table, write_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "voxceleb"
+TOOLS = ROOT / "tools"
+LOCAL = ROOT / "local"
+
+
+def run(
+    cmd: list[str] | str, cwd: Path | None = None, check: bool = True, **kw
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "LC_ALL": "C"}
+    env.update(kw.pop("env", {}))
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str), check=False, **kw
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def make_dir(path: Path, utts: dict[str, str], prefix: str = "") -> None:
+    """A data dir of ``{utt: spk}`` with fake wav paths."""
+    write_data_dir(
+        path, {prefix + u: f"/x/{u}.wav" for u in utts}, {prefix + u: prefix + s for u, s in utts.items()}
+    )
+
+
+UTTS = {f"id{s}/v/{u:05d}": f"id{s}" for s in range(1, 4) for u in range(1, 5)}  # 3 speakers x 4 utts
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/parse_options.sh
+# ------------------------------------------------------------------------------------------------
+SCRIPT = """#!/usr/bin/env bash
+stage=1
+stop_stage=8
+exp_dir=exp/a
+aug=false
+. {tools}/parse_options.sh || exit 1
+echo "$stage|$stop_stage|$exp_dir|$aug|$*"
+"""
+
+
+@pytest.fixture()
+def opts_script(tmp_path: Path) -> Path:
+    path = tmp_path / "s.sh"
+    path.write_text(SCRIPT.format(tools=TOOLS))
+    return path
+
+
+def test_parse_options_accepts_dashes_underscores_and_equals(opts_script: Path) -> None:
+    out = run(
+        [
+            "bash",
+            str(opts_script),
+            "--stage",
+            "3",
+            "--stop-stage",
+            "4",
+            "--exp_dir=exp/b c",
+            "--aug",
+            "true",
+            "x",
+            "y",
+        ]
+    ).stdout
+    assert out.strip() == "3|4|exp/b c|true|x y"
+
+
+def test_parse_options_rejects_unknown_options_and_non_boolean_flags(opts_script: Path) -> None:
+    bad = run(["bash", str(opts_script), "--stgae", "3"], check=False)
+    assert bad.returncode != 0 and "invalid option --stgae" in bad.stderr
+    bad = run(["bash", str(opts_script), "--aug", "yes"], check=False)
+    assert bad.returncode != 0 and "true or false" in bad.stderr
+    bad = run(["bash", str(opts_script), "--stage"], check=False)
+    assert bad.returncode != 0 and "needs a value" in bad.stderr
+
+
+def test_run_sh_rejects_unknown_options_and_lists_its_variables() -> None:
+    bad = run([str(RECIPE / "run.sh"), "--stop_stgae", "3"], check=False)
+    assert bad.returncode != 0 and "invalid option --stop-stgae" in bad.stderr
+    helped = run([str(RECIPE / "run.sh"), "--help"])
+    for name in ("--stage", "--stop-stage", "--exp-dir", "--gpus", "--num-nodes", "--master-addr", "--aug"):
+        assert f"  {name} " in helped.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/combine_data.sh, subset_data_dir.sh, filter_scp.sh
+# ------------------------------------------------------------------------------------------------
+def test_combine_data_merges_sorted_and_rebuilds_spk2utt(tmp_path: Path) -> None:
+    make_dir(tmp_path / "a", UTTS)
+    make_dir(tmp_path / "b", UTTS, prefix="sp1.1-")
+    run([str(TOOLS / "combine_data.sh"), str(tmp_path / "c"), str(tmp_path / "a"), str(tmp_path / "b")])
+    combined = load_data_dir(tmp_path / "c")  # validates sorting and spk2utt against utt2spk
+    assert len(combined.wav_scp) == 24 and len(combined.spk2utt) == 6
+
+
+def test_combine_data_refuses_duplicate_utterances(tmp_path: Path) -> None:
+    make_dir(tmp_path / "a", UTTS)
+    bad = run(
+        [str(TOOLS / "combine_data.sh"), str(tmp_path / "c"), str(tmp_path / "a"), str(tmp_path / "a")],
+        check=False,
+    )
+    assert bad.returncode != 0 and "appears in more than one source" in bad.stderr
+    assert not (tmp_path / "c" / "wav.scp").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "num_utts", "num_spks"),
+    [
+        (["5"], 5, None),
+        (["--first", "{src}", "5"], 5, 2),
+        (["--per-spk", "{src}", "2"], 6, 3),
+        (["--speakers", "{src}", "2"], 8, 2),
+    ],
+)
+def test_subset_data_dir_modes(tmp_path: Path, args: list[str], num_utts: int, num_spks: int | None) -> None:
+    src = tmp_path / "a"
+    make_dir(src, UTTS)
+    argv = [a.format(src=src) for a in args] if "{src}" in " ".join(args) else [str(src), *args]
+    run([str(TOOLS / "subset_data_dir.sh"), *argv, str(tmp_path / "d")])
+    sub = load_data_dir(tmp_path / "d")
+    assert len(sub.wav_scp) == num_utts
+    assert set(sub.wav_scp) <= set(UTTS)
+    if num_spks is not None:
+        assert len(sub.spk2utt) == num_spks
+
+
+def test_subset_data_dir_random_choice_is_reproducible(tmp_path: Path) -> None:
+    make_dir(tmp_path / "a", UTTS)
+    picks = []
+    for out, seed in (("d1", "1"), ("d2", "1"), ("d3", "2")):
+        run(
+            [str(TOOLS / "subset_data_dir.sh"), "--seed", seed, str(tmp_path / "a"), "6", str(tmp_path / out)]
+        )
+        picks.append(set(read_table(tmp_path / out / "utt2spk")))
+    assert picks[0] == picks[1]
+    assert picks[0] != picks[2]
+
+
+def test_subset_by_utt_list_filters_every_per_utterance_file(tmp_path: Path) -> None:
+    make_dir(tmp_path / "a", UTTS)
+    (tmp_path / "a" / "utt2num_frames").write_text("".join(f"{u} 100\n" for u in sorted(UTTS)))
+    keep = sorted(UTTS)[2:5]
+    (tmp_path / "list").write_text("\n".join(keep) + "\n")
+    run(
+        [
+            str(TOOLS / "subset_data_dir.sh"),
+            "--utt-list",
+            str(tmp_path / "list"),
+            str(tmp_path / "a"),
+            str(tmp_path / "d"),
+        ]
+    )
+    assert list(read_table(tmp_path / "d" / "utt2num_frames")) == keep
+    assert list(load_data_dir(tmp_path / "d").wav_scp) == keep
+
+
+# ------------------------------------------------------------------------------------------------
+# local/: md5 checks, MUSAN / RIR preparation
+# ------------------------------------------------------------------------------------------------
+def test_check_md5_flags_a_corrupt_archive_and_a_missing_required_one(tmp_path: Path) -> None:
+    listed = {
+        line.split()[1]: line.split()[0]
+        for line in (LOCAL / "archives.md5").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert listed["musan.tar.gz"] == "0c472d4fc0c5141eca47ad1ffeb2a7df"
+    (tmp_path / "musan.tar.gz").write_bytes(b"not the archive")
+    bad = run([str(LOCAL / "check_md5.sh"), str(tmp_path)], check=False)
+    assert bad.returncode != 0 and "wrong md5 for" in bad.stderr
+    (tmp_path / "musan.tar.gz").unlink()
+    ok = run([str(LOCAL / "check_md5.sh"), str(tmp_path)], check=False)
+    assert ok.returncode == 0  # nothing present, nothing required
+    bad = run([str(LOCAL / "check_md5.sh"), "--require", "vox2_aac.zip", str(tmp_path)], check=False)
+    assert bad.returncode != 0 and "missing" in bad.stderr and "vox2.html" in bad.stderr
+
+
+def test_check_md5_joins_split_archives(tmp_path: Path) -> None:
+    (tmp_path / "vox2_dev_aac_partaa").write_bytes(b"abc")
+    (tmp_path / "vox2_dev_aac_partab").write_bytes(b"def")
+    run([str(LOCAL / "check_md5.sh"), str(tmp_path)], check=False)
+    assert (tmp_path / "vox2_aac.zip").read_bytes() == b"abcdef"
+    assert hashlib.md5(b"abcdef").hexdigest() != "bbc063c46078a602ca71605645c2a402"
+
+
+def test_prepare_musan_and_rirs_make_valid_data_dirs(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    for kind, sub in (("noise", "free-sound"), ("music", "fma"), ("speech", "us-gov")):
+        (raw / "musan" / kind / sub).mkdir(parents=True)
+        for i in (2, 1):
+            (raw / "musan" / kind / sub / f"{kind}-{sub}-{i:04d}.wav").touch()
+    for room in ("smallroom", "mediumroom", "largeroom"):
+        (raw / "RIRS_NOISES" / "simulated_rirs" / room / "Room001").mkdir(parents=True)
+        (raw / "RIRS_NOISES" / "simulated_rirs" / room / "Room001" / "Room001-00001.wav").touch()
+    run([str(LOCAL / "prepare_musan.sh"), "--raw_dir", str(raw), str(tmp_path / "data")])
+    run([str(LOCAL / "prepare_rirs.sh"), "--raw_dir", str(raw), str(tmp_path / "data")])
+    for kind, sub in (("noise", "free-sound"), ("music", "fma"), ("speech", "us-gov")):
+        musan = load_data_dir(tmp_path / "data" / f"musan_{kind}")
+        assert list(musan.wav_scp) == [f"{kind}-{sub}-0001", f"{kind}-{sub}-0002"]
+        assert musan.wav_scp[f"{kind}-{sub}-0001"] == str(
+            raw / "musan" / kind / sub / f"{kind}-{sub}-0001.wav"
+        )
+    rirs = load_data_dir(tmp_path / "data" / "rirs")
+    assert list(rirs.wav_scp) == ["mediumroom/Room001/Room001-00001", "smallroom/Room001/Room001-00001"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole recipe, shortened, on the mini corpus
+# ------------------------------------------------------------------------------------------------
+STAGES_CLI = (
+    "prepare-data",
+    "extract-fbank",
+    "train",
+    "average-model",
+    "extract-embeddings",
+    "score",
+    "profile-memory",
+    "augment-data",
+    "speed-perturb",
+)
+
+
+def _missing_commands() -> list[str]:
+    from memsv_cli.cli import app
+
+    names = {c.name for c in app.registered_commands}
+    return [c for c in STAGES_CLI if c not in names]
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    missing = _missing_commands()
+    if missing:
+        pytest.fail(f"memsv commands missing: {', '.join(missing)}")
+    work = tmp_path_factory.mktemp("recipe")
+    recipe = work / "voxceleb"
+    # A private copy of the recipe (configs, scripts; symlinks to local/ and tools/ resolved), so the
+    # run writes nothing into the checkout.
+    shutil.copytree(
+        RECIPE, recipe, symlinks=False, ignore=shutil.ignore_patterns("data", "fbank", "exp", "mini")
+    )
+    common = ["--data", "mini", "--exp_dir", "exp/tiny", "--nj", "2"]
+    common += [
+        "--mini_opts",
+        "--num-speakers 6 --utts-per-speaker 6 --num-test-speakers 4 "
+        "--test-utts-per-speaker 4 --min-seconds 1.0 --max-seconds 1.5",
+    ]
+    common += [
+        "--train_opts",
+        "--epochs 2 --batch-size 12 --set model.args.base_width=4 "
+        "--set model.args.embed_dim=32 --set data.chunk_frames=64 --set train.num_avg=2",
+    ]
+    common += ["--profile_opts", "--batch-size 4 --frames 64"]
+    first = run(
+        [
+            str(recipe / "run.sh"),
+            *common,
+            "--speed_perturb",
+            "true",
+            "--aug",
+            "true",
+            "--aug_types",
+            "reverb noise music babble",
+            "--stop_stage",
+            "7",
+        ],
+        cwd=recipe,
+        timeout=900,
+    )
+    return {"recipe": recipe, "common": common, "first": first}
+
+
+@pytest.mark.slow
+def test_mini_recipe_runs_every_stage(mini_run: dict) -> None:
+    recipe: Path = mini_run["recipe"]
+    out = mini_run["first"].stdout + mini_run["first"].stderr
+    data, exp = recipe / "data" / "mini", recipe / "exp" / "tiny"
+    # stage 1: corpus + speed perturbation (new speakers) + 4 augmented copies, combined
+    train = load_data_dir(data / "mini_train")
+    combined = load_data_dir(data / "mini_train_sp_aug")
+    assert len(combined.wav_scp) == 3 * len(train.wav_scp) * 5
+    assert len(combined.spk2utt) == 3 * len(train.spk2utt)
+    # stage 2: features for the augmented training set, the clean one and the test set
+    for x in ("mini_train_sp_aug", "mini_train", "mini_test"):
+        assert (recipe / "fbank" / "mini" / x / "feats.scp").is_file()
+    # stage 3-4: checkpoints, averaged model, embeddings
+    assert (exp / "models" / "avg_model.pt").is_file()
+    assert (exp / "train_curve.png").is_file()
+    assert (exp / "embeddings" / "mini_test" / "xvector.scp").is_file()
+    # stage 5-6: score files, results and DET plots
+    results = json.loads((exp / "scores" / "results.json").read_text())
+    assert "mini" in json.dumps(results)
+    assert (exp / "scores" / "mini.kaldi.score").is_file() or list((exp / "scores").glob("*.score"))
+    assert list((exp / "scores").glob("*.png"))
+    assert (exp / "scores_asnorm" / "results.json").is_file()
+    # stage 7: memory profile of the trained setup
+    memory = json.loads((exp / "memory.json").read_text())
+    assert "rev" in json.dumps(memory) or memory
+    assert "EER" in out
+
+
+@pytest.mark.slow
+def test_single_stage_reruns_from_the_previous_stage_files(mini_run: dict) -> None:
+    recipe: Path = mini_run["recipe"]
+    exp = recipe / "exp" / "tiny"
+    scores = exp / "scores" / "results.json"
+    before = json.loads(scores.read_text())
+    scores.unlink()
+    run(
+        [
+            str(recipe / "run.sh"),
+            *mini_run["common"],
+            "--speed_perturb",
+            "true",
+            "--aug",
+            "true",
+            "--stage",
+            "5",
+            "--stop_stage",
+            "5",
+        ],
+        cwd=recipe,
+    )
+    assert json.loads(scores.read_text()) == before  # same embeddings -> same scores
