@@ -141,6 +141,13 @@ def embed_batches(
                 f"model failed on {utts[0]!r} ({feats.shape[1]} frames): {str(err).splitlines()[0]}"
             ) from None
         emb = emb.float().cpu().numpy()
+        finite = np.isfinite(emb).all(axis=1)
+        if not finite.all():
+            bad = utts[int(np.argmin(finite))]
+            raise MemsvError(
+                f"model produced a NaN/inf embedding for {bad!r} ({feats.shape[1]} frames): "
+                "check the features and the checkpoint"
+            )
         for utt, vec in zip(utts, emb, strict=True):
             out[utt] = vec
         if on_batch is not None:

@@ -211,3 +211,17 @@ def test_cli_reports_missing_checkpoint_in_one_line(exp, capsys) -> None:
         capsys,
     )
     assert code == 1 and "no such checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_features_are_reported_with_the_utterance(exp) -> None:
+    feats = exp["dir"] / "nanfeats"
+    feats.mkdir()
+    mats = dict(exp["mats"])
+    mats["spkB/u3"] = mats["spkB/u3"].copy()
+    mats["spkB/u3"][5, 3] = np.nan
+    with kaldiio.WriteHelper(f"ark,scp:{feats / 'feats.ark'},{feats / 'feats.scp'}") as writer:
+        for utt in sorted(mats):
+            writer(utt, mats[utt])
+    with pytest.raises(MemsvError, match="NaN/inf embedding for 'spkB/u3'"):
+        extract_embeddings(exp["ckpt"], feats, exp["dir"] / "e", progress=False)
+    assert not (exp["dir"] / "e" / "xvector.scp").exists()

@@ -23,7 +23,8 @@ _CHUNK = 4096
 def length_normalise(emb: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm; ``(N, D)`` float32 -> ``(N, D)`` float32. Zero rows stay zero."""
     emb = np.asarray(emb, dtype=np.float32)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    # einsum avoids linalg.norm's (N, D) temporary of squares.
+    norms = np.sqrt(np.einsum("ij,ij->i", emb, emb))[:, None]
     return emb / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
