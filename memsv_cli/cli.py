@@ -15,10 +15,12 @@ from memsv_cli.errors import MemsvError
 
 # Order is the order of the recipe; each module registers its command(s) on the app.
 COMMAND_MODULES: tuple[str, ...] = (
+    "data",
     "augment",
     "train",
     "embed",
     "score",
+    "profile",
 )
 
 app = typer.Typer(

@@ -36,8 +36,9 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     yield from enumerate(text.splitlines(), start=1)
 
 
-def read_table(path: str | Path, *, min_fields: int = 2, max_fields: int | None = 2,
-               rest_as_value: bool = False) -> dict[str, str]:
+def read_table(
+    path: str | Path, *, min_fields: int = 2, max_fields: int | None = 2, rest_as_value: bool = False
+) -> dict[str, str]:
     """Read a ``<key> <value>`` table into an insertion-ordered dict.
 
     Args:
@@ -61,7 +62,7 @@ def read_table(path: str | Path, *, min_fields: int = 2, max_fields: int | None 
         key = fields[0]
         if key in table:
             raise InputError(path, f"duplicate key {key!r}", number)
-        table[key] = line.strip()[len(key):].strip() if rest_as_value else " ".join(fields[1:])
+        table[key] = line.strip()[len(key) :].strip() if rest_as_value else " ".join(fields[1:])
     return table
 
 
@@ -115,8 +116,7 @@ def read_utt2num_frames(path: str | Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for number, (key, value) in enumerate(read_table(path).items(), start=1):
         if not value.isdigit():
-            raise InputError(path, f"frame count of {key!r} is not a non-negative integer: {value!r}",
-                             number)
+            raise InputError(path, f"frame count of {key!r} is not a non-negative integer: {value!r}", number)
         out[key] = int(value)
     return out
 
@@ -151,8 +151,12 @@ def read_trials(path: str | Path, *, require_labels: bool = False) -> list[Trial
         elif len(fields) == 2:
             trial = Trial(fields[0], fields[1], None)
         else:
-            raise InputError(path, "expected '<enroll> <test> target|nontarget', '1|0 <enroll> <test>' "
-                             f"or '<enroll> <test>', got {line.strip()!r}", number)
+            raise InputError(
+                path,
+                "expected '<enroll> <test> target|nontarget', '1|0 <enroll> <test>' "
+                f"or '<enroll> <test>', got {line.strip()!r}",
+                number,
+            )
         has_label = trial.label is not None
         if labelled is None:
             labelled = has_label
@@ -213,8 +217,9 @@ def load_data_dir(path: str | Path, *, require_sorted: bool = True) -> DataDir:
         expected = utt2spk_to_spk2utt(utt2spk)
         for spk, utts in expected.items():
             if sorted(spk2utt.get(spk, [])) != sorted(utts):
-                raise InputError(path / "spk2utt", f"speaker {spk!r} disagrees with utt2spk "
-                                 "(regenerate it from utt2spk)")
+                raise InputError(
+                    path / "spk2utt", f"speaker {spk!r} disagrees with utt2spk (regenerate it from utt2spk)"
+                )
         extra = set(spk2utt) - set(expected)
         if extra:
             raise InputError(path / "spk2utt", f"speaker {sorted(extra)[0]!r} not in utt2spk")

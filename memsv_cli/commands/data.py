@@ -1,0 +1,144 @@
+"""``memsv prepare-data`` and ``memsv extract-fbank``: thin adapters over the data-stage library."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from memsv_cli.errors import MemsvError
+
+_console = Console(stderr=True)
+
+
+class Corpus(str, Enum):
+    voxceleb = "voxceleb"
+    mini = "mini"
+
+
+class Backend(str, Enum):
+    kaldi_native = "kaldi-native"
+    torchaudio = "torchaudio"
+
+
+def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def prepare_data(
+    corpus: Corpus = typer.Option(..., "--corpus", help="voxceleb: a VoxCeleb-style tree; mini: synthesise."),
+    out: Path = typer.Option(
+        ..., "--out", help="voxceleb: the data dir to write; mini: the root for the corpus and its data dirs."
+    ),
+    root: Path | None = typer.Option(None, "--root", help="voxceleb: tree holding <spk>/<video>/<utt>.*"),
+    trials: list[Path] = typer.Option(
+        [], "--trials", help="voxceleb: trial list (VoxCeleb or Kaldi format), repeatable."
+    ),
+    num_speakers: int = typer.Option(40, "--num-speakers", help="mini: training speakers."),
+    utts_per_speaker: int = typer.Option(
+        16, "--utts-per-speaker", help="mini: utterances per training speaker."
+    ),
+    num_test_speakers: int = typer.Option(20, "--num-test-speakers", help="mini: test speakers (disjoint)."),
+    test_utts_per_speaker: int = typer.Option(8, "--test-utts-per-speaker", help="mini: per test speaker."),
+    seed: int = typer.Option(777, "--seed", help="mini: random seed (the corpus is a function of it)."),
+) -> None:
+    """Make Kaldi data dirs (wav.scp, utt2spk, spk2utt, trials/*.kaldi) from a corpus."""
+    if corpus is Corpus.voxceleb:
+        from memsv_cli.data.prepare import prepare_voxceleb
+
+        if root is None:
+            raise MemsvError("--corpus voxceleb needs --root (the corpus tree)")
+        summary = prepare_voxceleb(root, out, trials)
+        rows = [
+            ("data dir", str(summary.out_dir)),
+            ("utterances", f"{summary.num_utts}"),
+            ("speakers", f"{summary.num_speakers}"),
+            ("m4a via ffmpeg pipe", f"{summary.num_m4a}"),
+        ]
+        rows += [(f"trials/{name}.kaldi", f"{n}") for name, n in summary.trials.items()]
+        _console.print(_summary_table("prepare-data voxceleb", rows))
+        return
+    from memsv_cli.data.mini import MiniConfig, prepare_mini
+
+    if root is not None or trials:
+        raise MemsvError("--corpus mini takes no --root or --trials (it writes its own under --out)")
+    cfg = MiniConfig(
+        num_speakers=num_speakers,
+        utts_per_speaker=utts_per_speaker,
+        num_test_speakers=num_test_speakers,
+        test_utts_per_speaker=test_utts_per_speaker,
+        seed=seed,
+    )
+    with _console.status("synthesising the mini corpus"):
+        mini = prepare_mini(out, cfg)
+    _console.print(
+        _summary_table(
+            "prepare-data mini",
+            [
+                ("train data dir", str(mini.root / "mini_train")),
+                ("test data dir", str(mini.root / "mini_test")),
+                ("train / test utterances", f"{mini.train_utts} / {mini.test_utts}"),
+                ("trials (target)", f"{mini.num_trials} ({mini.num_target_trials})"),
+                ("audio", f"{mini.audio_seconds / 60:.1f} min"),
+            ],
+        )
+    )
+
+
+def extract_fbank(
+    data_dir: Path = typer.Argument(..., help="Kaldi data dir with wav.scp and utt2spk."),
+    out_dir: Path = typer.Argument(..., help="Output dir: feats.ark/scp, utt2num_frames, utt2spk, trials/."),
+    num_mel_bins: int = typer.Option(80, "--num-mel-bins", help="Mel bins."),
+    frame_length: float = typer.Option(25.0, "--frame-length", help="Frame length (ms)."),
+    frame_shift: float = typer.Option(10.0, "--frame-shift", help="Frame shift (ms)."),
+    dither: float = typer.Option(0.0, "--dither", help="Dither (int16 units); 0 is deterministic."),
+    sample_rate: int = typer.Option(16000, "--sample-rate", help="Required input sample rate (Hz)."),
+    nj: int = typer.Option(1, "--nj", help="Worker processes (one feats.JOB.ark each)."),
+    backend: Backend = typer.Option(Backend.kaldi_native, "--backend", help="Fbank implementation."),
+) -> None:
+    """Kaldi-compatible log-Mel fbank for every utterance of a data dir."""
+    from memsv_cli.data.fbank import FbankConfig
+    from memsv_cli.data.fbank import extract_fbank as run
+
+    cfg = FbankConfig(
+        num_mel_bins=num_mel_bins,
+        frame_length_ms=frame_length,
+        frame_shift_ms=frame_shift,
+        dither=dither,
+        sample_rate=sample_rate,
+    )
+    columns = (TextColumn("extract-fbank"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_console, transient=True) as bar:
+        task = bar.add_task("utterances", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = run(data_dir, out_dir, cfg, nj=nj, backend=backend.value, progress=progress)
+    _console.print(
+        _summary_table(
+            "extract-fbank",
+            [
+                ("feats.scp", str(summary.out_dir / "feats.scp")),
+                ("utterances", f"{summary.num_utts}"),
+                ("frames", f"{summary.num_frames}"),
+                ("audio", f"{summary.audio_seconds / 3600:.2f} h"),
+                ("jobs", f"{summary.num_jobs}"),
+            ],
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the data-stage commands to the ``memsv`` app."""
+    app.command(name="prepare-data")(prepare_data)
+    app.command(name="extract-fbank")(extract_fbank)

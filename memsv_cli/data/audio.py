@@ -1,0 +1,117 @@
+"""Reading ``wav.scp`` entries: a file path, or a Kaldi pipe command ending in ``|``.
+
+Pipe commands (``ffmpeg -i x.m4a -f wav - |``, ``sox x.wav -t wav - speed 1.1 |``) are run through the
+shell, as Kaldi does, and their standard output is decoded as a WAV/FLAC stream with soundfile. Tools
+that write WAV to a pipe cannot seek back to fill in the RIFF/data sizes (ffmpeg writes 0xFFFFFFFF, sox
+a placeholder); such headers are repaired from the real byte count before decoding.
+
+Samples come back in Kaldi's scale: float32 in the int16 range [-32768, 32767], which is what
+``compute-fbank-feats`` and WeSpeaker (``waveform * (1 << 15)``) feed to the fbank.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from memsv_cli.errors import MemsvError
+
+INT16_SCALE = 32768.0
+
+
+class AudioError(MemsvError):
+    """An utterance's audio cannot be used; the caller adds the wav.scp file, line and key."""
+
+
+def is_pipe(spec: str) -> bool:
+    """True for a Kaldi pipe entry (``<command> |``)."""
+    return spec.rstrip().endswith("|")
+
+
+def _run_pipe(spec: str) -> bytes:
+    command = spec.rstrip()[:-1].strip()
+    if not command:
+        raise AudioError("empty pipe command")
+    proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["(no message)"])[-1]
+        raise AudioError(f"pipe command failed with exit status {proc.returncode}: {last}")
+    if not proc.stdout:
+        raise AudioError("pipe command wrote no audio to stdout")
+    return proc.stdout
+
+
+def _repair_streamed_wav(data: bytes) -> bytes:
+    """Set the RIFF and ``data`` chunk sizes of a streamed WAV to the actual byte count.
+
+    Only touches canonical RIFF/WAVE streams; the ``data`` chunk is taken to run to the end of the
+    stream, which is what a tool writing to a pipe means by an unknown size.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return data
+    buf = bytearray(data)
+    pos = 12
+    while pos + 8 <= len(buf):
+        chunk_id = bytes(buf[pos : pos + 4])
+        size = struct.unpack_from("<I", buf, pos + 4)[0]
+        if chunk_id == b"data":
+            struct.pack_into("<I", buf, pos + 4, len(buf) - pos - 8)
+            struct.pack_into("<I", buf, 4, len(buf) - 8)
+            return bytes(buf)
+        pos += 8 + size + (size & 1)
+    return data
+
+
+def _decode(source: str | io.BytesIO) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(source) as f:
+        rate = f.samplerate
+        data = f.read(dtype="float32", always_2d=True)
+    return data, rate
+
+
+def read_audio(spec: str, *, sample_rate: int = 16000) -> np.ndarray:
+    """Read one ``wav.scp`` value as mono samples.
+
+    Args:
+        spec: a file path (WAV, FLAC, anything libsndfile reads) or a pipe command ending in ``|``.
+        sample_rate: the required rate in Hz; audio at another rate is an error (resample with sox or
+            ffmpeg when preparing the data, as Kaldi recipes do, rather than silently here).
+
+    Returns:
+        float32 array of shape ``(samples,)`` in the int16 range.
+
+    Raises:
+        AudioError: missing, unreadable, corrupt or empty audio, wrong rate, more than one channel,
+            failing pipe command.
+    """
+    try:
+        if is_pipe(spec):
+            raw = _run_pipe(spec)
+            try:
+                data, rate = _decode(io.BytesIO(raw))
+            except (sf.LibsndfileError, RuntimeError):
+                data, rate = _decode(io.BytesIO(_repair_streamed_wav(raw)))
+        else:
+            path = Path(spec)
+            if not path.exists():
+                raise AudioError(f"no such file {spec}")
+            if not path.is_file():
+                raise AudioError(f"not a regular file {spec}")
+            data, rate = _decode(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        what = "pipe output" if is_pipe(spec) else spec
+        raise AudioError(f"cannot decode audio {what}: {err}") from None
+    except OSError as err:
+        raise AudioError(f"cannot read {spec}: {err.strerror or err}") from None
+    if rate != sample_rate:
+        raise AudioError(f"sample rate {rate} Hz, expected {sample_rate} Hz (resample with sox/ffmpeg)")
+    if data.shape[1] != 1:
+        raise AudioError(f"{data.shape[1]} channels, expected mono (downmix with sox/ffmpeg)")
+    if data.shape[0] == 0:
+        raise AudioError("empty audio (0 samples)")
+    return data[:, 0] * np.float32(INT16_SCALE)
