@@ -5,10 +5,12 @@
 - ``"vanilla"``: the units as they are (WeSpeaker).
 - ``"rev"`` (Type I, partially reversible): every run of consecutive shape-preserving residual blocks
   becomes one :class:`ReversibleSequence` of half-steps; stem, stage transitions and DF-ResNet
-  down-sampling layers stay ordinary layers. Same parameters as vanilla.
+  down-sampling layers stay ordinary (non-reversible) layers, but are :class:`Recomputed` in backward
+  from their cached input, so what is cached grows with the number of stages only. Same parameters.
 - ``"fullrev"`` (Type II, fully reversible): every unit's branch becomes a half-step of one chain
   (transitions through space-to-depth); a transition's shortcut projection is kept inside its f
-  (``branch(x) + proj(x)``), so the parameters equal the vanilla model's. Input time and frequency are
+  (``branch(x) + proj(x)``), so the parameters equal the vanilla model's. The stem is
+  :class:`Recomputed` (caches only the input features). Input time and frequency are
   zero-padded to a multiple of the total stride (8 for these models) so space-to-depth divides evenly;
   the output frame count equals the vanilla one, ``ceil(frames / 8)``, so no output frame is made only
   of padding.
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memsv_cli.models.pooling import TSTP
-from memsv_cli.models.reversible import HalfStep, ReversibleChain, ReversibleSequence
+from memsv_cli.models.reversible import HalfStep, Recomputed, ReversibleChain, ReversibleSequence
 from memsv_cli.models.units import ProjectedBranch, Unit
 
 VARIANTS = ("vanilla", "rev", "fullrev")
@@ -45,7 +47,7 @@ def _type1_body(units: list[Unit], reversible_backward: bool) -> nn.Sequential:
             run.append(unit)
         else:
             flush()
-            body.append(unit)
+            body.append(Recomputed(unit, reversible_backward))
     flush()
     return nn.Sequential(*body)
 
@@ -94,7 +96,7 @@ class SpeakerNet(nn.Module):
         out_freq = feat_dim
         for unit in units:  # 'same'-padded strided convs give ceil(n / s)
             out_freq = -(-out_freq // unit.stride[0])
-        self.stem = stem
+        self.stem = stem if variant == "vanilla" else Recomputed(stem, reversible_backward)
         if variant == "vanilla":
             self.body: nn.Module = nn.Sequential(*units)
         elif variant == "rev":
@@ -107,13 +109,13 @@ class SpeakerNet(nn.Module):
     @property
     def reversible_backward(self) -> bool | None:
         """The backward mode of the reversible chains (None for a vanilla model); settable."""
-        chains = [m for m in self.modules() if isinstance(m, ReversibleChain)]
+        chains = [m for m in self.modules() if isinstance(m, (ReversibleChain, Recomputed))]
         return chains[0].reversible_backward if chains else None
 
     @reversible_backward.setter
     def reversible_backward(self, value: bool) -> None:
         for m in self.modules():
-            if isinstance(m, ReversibleChain):
+            if isinstance(m, (ReversibleChain, Recomputed)):
                 m.reversible_backward = bool(value)
 
     def frame_features(self, feats: torch.Tensor) -> torch.Tensor:

@@ -232,6 +232,63 @@ class _ChainFunction(torch.autograd.Function):
         return (None, ga, gb, *all_grads)
 
 
+class _RecomputeFunction(torch.autograd.Function):
+    """Run a non-reversible module without keeping its internals; keep only its input and rebuild
+    them in backward (activation checkpointing), with the same guarantees as the chain."""
+
+    @staticmethod
+    def forward(ctx, module: nn.Module, x: torch.Tensor, *params: torch.Tensor):
+        device = x.device
+        before = _rng_state(device)
+        y = module(x)
+        ctx.rng = None if _same_rng(before, _rng_state(device)) else before
+        ctx.module, ctx.device = module, device
+        ctx.autocast = (
+            device.type,
+            torch.is_autocast_enabled(device.type),
+            torch.get_autocast_dtype(device.type),
+        )
+        ctx.save_for_backward(x)
+        return y.clone() if y is x else y
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        params = list(ctx.module.parameters())
+        needs = ctx.needs_input_grad
+        wanted = [p for p, n in zip(params, needs[2:], strict=True) if n]
+        x_req = x.detach().requires_grad_(needs[1])
+        device_type, enabled, dtype = ctx.autocast
+        with _replay_rng(ctx.rng, ctx.device), frozen_batchnorm_stats(ctx.module):
+            with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                y = ctx.module(x_req)
+            inputs = ([x_req] if needs[1] else []) + wanted
+            grads = iter(torch.autograd.grad(y, inputs, gy, allow_unused=True)) if inputs else iter(())
+        gx = next(grads) if needs[1] else None
+        return (None, gx, *[next(grads) if n else None for n in needs[2:]])
+
+
+class Recomputed(nn.Module):
+    """Wrap a non-reversible module ``(B, ...) -> (B, ...)`` so that training caches only its input.
+
+    Used for the stem (both types) and the Type I stage transitions: their internals (BN inputs, ReLU
+    outputs) would otherwise dominate what the reversible parts save. Costs one extra forward of the
+    module in backward. ``reversible_backward=False`` runs it plainly (the reference).
+    """
+
+    def __init__(self, module: nn.Module, reversible_backward: bool = True) -> None:
+        super().__init__()
+        self.module = module
+        self.reversible_backward = reversible_backward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reversible_backward and torch.is_grad_enabled():
+            params = list(self.module.parameters())
+            if x.requires_grad or any(p.requires_grad for p in params):
+                return _RecomputeFunction.apply(self.module, x, *params)
+        return self.module(x)
+
+
 class ReversibleChain(nn.Module):
     """A sequence of :class:`HalfStep` over two streams; ``(a, b) -> (a', b')``.
 
@@ -272,6 +329,8 @@ class ReversibleSequence(nn.Module):
         self.out_ch = out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+            x = x.float()  # streams stay fp32 under autocast; only the branches run in low precision
         a, b = self.chain(x, x)
         if self.out_ch < a.shape[1]:
             a, b = a[:, : self.out_ch], b[:, : self.out_ch]
