@@ -99,3 +99,25 @@ def test_saved_config_round_trips_and_diff_names_changed_keys(tmp_path: Path) ->
         "optimizer.args.momentum",
         "train.epochs",
     ]
+
+
+RECIPE_CONF = Path(__file__).resolve().parents[1] / "recipes" / "voxceleb" / "conf"
+
+
+@pytest.mark.parametrize("name", ["resnet34", "rev_resnet34_sgd8bit", "fullrev_resnet34_adam8bit", "mini"])
+def test_recipe_configs_build_their_model_and_optimizer(name: str) -> None:
+    from memsv_cli.train.trainer import build_model_checked, build_optimizer_for
+
+    cfg = resolve_config(RECIPE_CONF / f"{name}.yaml")
+    model = build_model_checked(cfg)
+    optimizer = build_optimizer_for(cfg, model.parameters())
+    assert type(optimizer).__name__.lower() == cfg["optimizer"]["name"]
+    if name != "mini":  # the full-size configs keep ResNet34's 6.63M parameters
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(6.63e6, rel=0.01)
+
+
+def test_every_recipe_config_resolves() -> None:
+    confs = sorted(RECIPE_CONF.glob("*.yaml"))
+    assert len(confs) >= 4
+    for conf in confs:
+        resolve_config(conf)  # raises naming the file and key on an unknown key
