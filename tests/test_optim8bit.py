@@ -404,3 +404,56 @@ def test_adam8bit_stays_as_close_to_torch_as_bitsandbytes_adam8bit():
     ours_err = (params["ours"] - params["ref"]).abs().mean().item()
     bnb_err = (params["bnb"] - params["ref"]).abs().mean().item()
     assert ours_err <= 1.1 * bnb_err + 1e-7, (ours_err, bnb_err)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+        ("adam", {"lr": 1e-2}),
+        ("adamw", {"lr": 1e-2}),
+    ],
+)
+def test_fp32_export_loads_into_torch_optim_and_torch_state_imports_back(name, kw):
+    torch.manual_seed(11)
+    init = [torch.randn(80, 80), torch.randn(50)]  # one 8-bit, one fp32 state
+    ours = [nn.Parameter(t.clone()) for t in init]
+    opt = build_optimizer(name + "8bit", ours, **kw)
+    for _ in range(3):
+        for p in ours:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    # 8-bit -> torch: torch's states are exactly our decoded states, and the next steps agree.
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    ref_opt = build_optimizer(name, ref, **kw)
+    ref_opt.load_state_dict(opt.export_fp32_state_dict())
+    for p, r in zip(ours, ref, strict=True):
+        for key, value in opt.dequantized_state(p).items():
+            assert torch.equal(ref_opt.state[r][key], value)
+    g = [torch.randn_like(p) for p in ours]
+    for p, r, gi in zip(ours, ref, g, strict=True):
+        p.grad, r.grad = gi.clone(), gi.clone()
+    opt.step()
+    ref_opt.step()
+    for p, r in zip(ours, ref, strict=True):
+        assert torch.allclose(p, r, rtol=0, atol=1e-6)
+    # torch -> 8-bit: quantised within one map gap, fp32 states copied exactly, step count kept.
+    back = [nn.Parameter(r.detach().clone()) for r in ref]
+    opt2 = build_optimizer(name + "8bit", back, **kw)
+    opt2.import_fp32_state_dict(ref_opt.state_dict())
+    assert opt2.state[back[0]]["step"] == 4 or name == "sgd"
+    for b, r in zip(back, ref, strict=True):
+        for key, value in opt2.dequantized_state(b).items():
+            expected = ref_opt.state[r][key]
+            assert (value - expected).abs().max() <= 0.0071 * expected.abs().max() + 1e-12, key
+    assert torch.equal(opt2.dequantized_state(back[1])["exp_avg" if name != "sgd" else "momentum_buffer"],
+                       ref_opt.state[ref[1]]["exp_avg" if name != "sgd" else "momentum_buffer"])  # fmt: skip
+
+
+def test_importing_an_amsgrad_state_is_refused():
+    p = nn.Parameter(torch.randn(5000))
+    ref_opt = torch.optim.Adam([p], amsgrad=True)
+    p.grad = torch.randn_like(p)
+    ref_opt.step()
+    with pytest.raises(UnsupportedOptimizerArgument, match="amsgrad"):
+        Adam8bit([p]).import_fp32_state_dict(ref_opt.state_dict())

@@ -31,6 +31,14 @@ class Adam8bit(Blockwise8bitOptimizer):
     """
 
     STATE_NAMES = {"exp_avg": True, "exp_avg_sq": False}
+    TORCH_GROUP_DEFAULTS = {
+        "amsgrad": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "fused": None,
+    }
+    TORCH_STEP_IN_STATE = True
 
     def __init__(
         self,

@@ -17,10 +17,11 @@ import torch
 
 from memsv_cli.errors import MemsvError
 from memsv_cli.optim.fused import CHUNK_ELEMENTS, QuantTables, Workspace
-from memsv_cli.optim.quant import MAP_VERSION, dequantize_blockwise, num_blocks
+from memsv_cli.optim.quant import MAP_VERSION, dequantize_blockwise, num_blocks, quantize_blockwise
 
 STATE_FORMAT = 1
 STATE_KEY = "memsv_8bit"
+_EIGHT_BIT_KEYS = ("block_size", "min_8bit_size", "optim_bits")
 
 
 class UnsupportedOptimizerArgument(MemsvError, ValueError):
@@ -51,6 +52,10 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
     """
 
     STATE_NAMES: dict[str, bool] = {}
+    # torch.optim twin's param-group options that we do not keep (exported with these values), and
+    # whether the twin keeps a "step" tensor in each parameter's state.
+    TORCH_GROUP_DEFAULTS: dict[str, Any] = {}
+    TORCH_STEP_IN_STATE = False
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         _check_int("block_size", defaults["block_size"], minimum=1)
@@ -152,6 +157,84 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
                 )
             elif name in state:
                 out[name] = state[name].detach().clone().float()
+        return out
+
+    def export_fp32_state_dict(self) -> dict[str, Any]:
+        """This optimizer's state in the torch.optim twin's format (fp32 states, decoded from 8-bit).
+
+        Load it with ``torch.optim.Adam(...).load_state_dict`` (or SGD/AdamW) to continue in 32 bits.
+        """
+        sd = super().state_dict()
+        index = {}
+        for gi, group in enumerate(self.param_groups):
+            for p, pid in zip(group["params"], sd["param_groups"][gi]["params"], strict=True):
+                index[pid] = p
+        state: dict[int, dict[str, Any]] = {}
+        for pid, entry in sd["state"].items():
+            p = index[pid]
+            out: dict[str, Any] = dict(self.dequantized_state(p))
+            if self.TORCH_STEP_IN_STATE:
+                out["step"] = torch.tensor(float(entry["step"]), dtype=torch.float32)
+            state[pid] = out
+        groups = []
+        for g in sd["param_groups"]:
+            tg = {k: v for k, v in g.items() if k not in _EIGHT_BIT_KEYS}
+            groups.append({**self.TORCH_GROUP_DEFAULTS, **tg})
+        return {"state": state, "param_groups": groups}
+
+    def import_fp32_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by the torch.optim twin, quantising it where this optimizer keeps 8 bits.
+
+        The twin's hyperparameters replace ours (as ``load_state_dict`` does); block size, minimum 8-bit
+        size and optim_bits stay ours. Raises :class:`UnsupportedOptimizerArgument` when the saved groups
+        use an option we do not implement (e.g. ``amsgrad=True``).
+        """
+        name = type(self).__name__
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise OptimizerStateError(
+                f"{name}: state has {len(saved_groups)} param groups, the optimizer {len(self.param_groups)}"
+            )
+        groups, state = [], {}
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            flags = {k: saved.get(k) for k in self.TORCH_GROUP_DEFAULTS if k not in group}
+            reject_unsupported(name, **{k: v for k, v in flags.items() if v != self.TORCH_GROUP_DEFAULTS[k]})
+            ours = {k: v for k, v in saved.items() if k in group and k != "params"}
+            ours.update({k: group[k] for k in _EIGHT_BIT_KEYS})
+            ours["params"] = saved["params"]
+            groups.append(ours)
+            if len(saved["params"]) != len(group["params"]):
+                raise OptimizerStateError(f"{name}: a param group's size differs from the saved state's")
+            for pid, p in zip(saved["params"], group["params"], strict=True):
+                entry = state_dict["state"].get(pid)
+                if entry is None:
+                    continue
+                state[pid] = self._encode_fp32_entry(p, group, entry)
+        self.load_state_dict(
+            {
+                "state": state,
+                "param_groups": groups,
+                STATE_KEY: {"format": STATE_FORMAT, "map_version": MAP_VERSION},
+            }
+        )
+
+    def _encode_fp32_entry(
+        self, p: torch.Tensor, group: dict[str, Any], entry: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One parameter's torch.optim state converted to our layout (quantised if 8-bit)."""
+        step = entry.get("step", 1 if entry else 0)
+        out: dict[str, Any] = {"step": int(step.item() if torch.is_tensor(step) else step)}
+        for state_name, signed in self.STATE_NAMES.items():
+            value = entry.get(state_name)
+            if value is None:
+                raise OptimizerStateError(f"{type(self).__name__}: saved state lacks '{state_name}'")
+            value = value.detach().to(p.device, torch.float32)
+            if self.uses_8bit(p, group):
+                code = self.tables(signed, p.device).code
+                q, absmax = quantize_blockwise(value, code, group["block_size"])
+                out[f"{state_name}_q"], out[f"{state_name}_absmax"] = q, absmax
+            else:
+                out[state_name] = value.to(p.dtype)
         return out
 
     def state_dict(self) -> dict[str, Any]:

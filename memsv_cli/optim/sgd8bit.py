@@ -26,6 +26,7 @@ class SGD8bit(Blockwise8bitOptimizer):
     """
 
     STATE_NAMES = {"momentum_buffer": True}
+    TORCH_GROUP_DEFAULTS = {"foreach": None, "differentiable": False, "fused": None}
 
     def __init__(
         self,
