@@ -11,6 +11,7 @@ import pytest
 
 from memsv_cli.cli import main
 from memsv_cli.scoring import compute_eer, compute_min_dcf, load_embeddings, score_trial_lists
+from memsv_cli.scoring import score as score_module
 
 DIM = 16
 N_SPK, N_UTT = 6, 4  # speakers, utterances per speaker
@@ -323,3 +324,9 @@ def test_nan_embedding_is_reported_with_the_trial(setup, capsys) -> None:
     scp = _write_scp(setup["dir"] / "nan.scp", bad)
     code, _, err = _run(["score", "-t", str(setup["kaldi"]), "-e", str(scp)], capsys)
     assert code == 1 and "NaN" in err and "spk0/utt0" in err
+
+
+def test_key_rows_marks_missing_keys() -> None:
+    index = {"a": 0, "b": 1, "c": 2}
+    np.testing.assert_array_equal(score_module.key_rows(index, ["c", "a", "c"]), [2, 0, 2])
+    np.testing.assert_array_equal(score_module.key_rows(index, ["b", "zz", "a", ""]), [1, -1, 0, -1])

@@ -157,11 +157,11 @@ def _format_score_lines(
     return "\n".join(map(" ".join, zip(*columns, strict=True))) + "\n"
 
 
-def _key_rows(index: dict[str, int], keys: list[str]) -> np.ndarray:
-    """``(T,)`` int64 rows of ``keys`` in ``index``, ``-1`` for keys it lacks."""
+def key_rows(index: dict[str, int], keys: Sequence[str]) -> np.ndarray:
+    """``(T,)`` int64 row of each key in ``index``, ``-1`` for keys it lacks."""
     # map() over the dict's C-level get, without a default, is ~4x faster than a comprehension calling
-    # get(k, -1) (measured: 0.26 s vs 1.1 s for 580k keys); a missing key yields None and the rare
-    # slow path fills in -1.
+    # get(k, -1) (measured 0.26 s vs 1.1 s for 580k keys); a missing key yields None and the rare slow
+    # path fills in -1. (A vectorised hash + searchsorted join was tried: no faster, so not kept.)
     try:
         return np.fromiter(map(index.get, keys), np.int64, len(keys))
     except TypeError:
@@ -170,7 +170,7 @@ def _key_rows(index: dict[str, int], keys: list[str]) -> np.ndarray:
 
 def _trial_indices(index: dict[str, int], trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:
     """Rows of each trial's enrolment and test embedding, ``-1`` where the key has none; ``(T,)`` each."""
-    return _key_rows(index, [t.enroll for t in trials]), _key_rows(index, [t.test for t in trials])
+    return key_rows(index, [t.enroll for t in trials]), key_rows(index, [t.test for t in trials])
 
 
 def score_trial_lists(
