@@ -61,6 +61,8 @@ def scan_corpus(root: str | Path) -> dict[str, Path]:
                 continue
             key = f"{rel[-2]}/{rel[-1]}/{utterance_key(name)}"
             path = Path(dirpath) / name
+            if len(key.split()) != 1:
+                raise MemsvError(f"{path}: utterance key {key!r} contains whitespace (Kaldi keys cannot)")
             if key in found:
                 raise MemsvError(f"{path}: utterance key {key!r} also given by {found[key]}")
             found[key] = path
