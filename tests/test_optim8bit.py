@@ -457,3 +457,34 @@ def test_importing_an_amsgrad_state_is_refused():
     ref_opt.step()
     with pytest.raises(UnsupportedOptimizerArgument, match="amsgrad"):
         Adam8bit([p]).import_fp32_state_dict(ref_opt.state_dict())
+
+
+def test_added_param_group_options_are_validated():
+    opt = Adam8bit([nn.Parameter(torch.randn(10))])
+    with pytest.raises(ValueError, match="block_size"):
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(10))], "block_size": -1})
+
+
+def test_low_precision_params_keep_fp32_maths_and_leave_gradients_untouched():
+    torch.manual_seed(2)
+    init = torch.randn(5000)
+    p = nn.Parameter(init.to(torch.bfloat16))
+    r = nn.Parameter(init.to(torch.bfloat16).float())
+    opt, ref_opt = Adam8bit([p], lr=1e-2), torch.optim.Adam([r], lr=1e-2)
+    for _ in range(3):
+        g = torch.randn(5000)
+        p.grad, r.grad = g.to(torch.bfloat16), g.to(torch.bfloat16).float()
+        before = p.grad.clone()
+        opt.step()
+        ref_opt.step()
+        assert torch.equal(p.grad, before)
+    assert p.dtype == torch.bfloat16
+    # Differences stay within the bf16 rounding of three steps (half an ulp, 2**-9 relative, each).
+    assert bool(((p.float() - r).abs() <= 3 * 2**-8 * r.detach().abs() + 1e-3).all())
+    q = nn.Parameter(init.clone())
+    opt32 = SGD8bit([q], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        q.grad = torch.randn_like(q)
+        before = q.grad.clone()
+        opt32.step()  # fused kernel path for fp32
+        assert torch.equal(q.grad, before)

@@ -61,12 +61,16 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
         _check_int("block_size", defaults["block_size"], minimum=1)
         _check_int("min_8bit_size", defaults["min_8bit_size"], minimum=0)
         _check_bits(defaults["optim_bits"])
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            _check_int("block_size", group["block_size"], minimum=1)
-            _check_int("min_8bit_size", group["min_8bit_size"], minimum=0)
-            _check_bits(group["optim_bits"])
         self._tables: dict[tuple[bool, torch.device], QuantTables] = {}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch.optim's add_param_group, also validating the group's 8-bit options."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_int("block_size", group["block_size"], minimum=1)
+        _check_int("min_8bit_size", group["min_8bit_size"], minimum=0)
+        _check_bits(group["optim_bits"])
 
     # -- helpers for subclasses ------------------------------------------------------------------
     def tables(self, signed: bool, device: torch.device) -> QuantTables:
