@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         code = getattr(exit_, "exit_code", getattr(exit_, "code", 0))
         sys.exit(code or 0)
     except Exception as err:  # click usage errors
-        import click
+        try:  # typer >= 0.2x vendors click as typer._click (click itself may not be installed)
+            from typer import _click as click
+        except ImportError:
+            import click
 
         if isinstance(err, click.exceptions.ClickException):
             err.show()
