@@ -330,3 +330,8 @@ def test_key_rows_marks_missing_keys() -> None:
     index = {"a": 0, "b": 1, "c": 2}
     np.testing.assert_array_equal(score_module.key_rows(index, ["c", "a", "c"]), [2, 0, 2])
     np.testing.assert_array_equal(score_module.key_rows(index, ["b", "zz", "a", ""]), [1, -1, 0, -1])
+
+
+def test_unknown_option_is_a_usage_error_without_traceback(capsys) -> None:
+    code, _, err = _run(["score", "--bogus"], capsys)
+    assert code == 2 and "No such option: --bogus" in err and "Traceback" not in err

@@ -40,9 +40,7 @@ def score(
         "target|nontarget', VoxCeleb '1|0 enroll test' or 'enroll test'. "
         "Repeat the option or list several files after it.",
     ),
-    more_trials: list[Path] = typer.Argument(
-        None, metavar="[T...]", help="More trial lists.", show_default=False
-    ),
+    more_trials: list[Path] = typer.Argument(None, metavar="T", help="More trial lists.", show_default=False),
     embeddings: Path = typer.Option(None, "--embeddings", "-e", help="xvector.scp with all trial keys."),
     mean_from: Path = typer.Option(
         None,
