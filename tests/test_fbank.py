@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import soundfile as sf
 from memsv_cli.data.audio import read_audio
 from memsv_cli.data.fbank import FbankConfig, compute_fbank, extract_fbank, split_jobs, torchaudio_available
 from memsv_cli.data.kaldi_dir import read_utt2num_frames, write_data_dir
+from memsv_cli.data.prepare import prepare_voxceleb
 from memsv_cli.errors import MemsvError
 
 DATA = Path(__file__).parent / "data"
@@ -188,3 +191,31 @@ def test_bad_options_are_rejected_before_any_work(tmp_path):
     with pytest.raises(MemsvError, match="must differ from the data directory"):
         extract_fbank(data, data)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_m4a_through_the_ffmpeg_pipe_entry_of_prepare_data(tmp_path):
+    wav = tmp_path / "src.wav"
+    sf.write(wav, _tone(0.5, 440), 16000, subtype="PCM_16")
+    m4a = tmp_path / "vox2" / "id00012" / "vid" / "00001.m4a"
+    m4a.parent.mkdir(parents=True)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True
+    )
+    prepare_voxceleb(tmp_path / "vox2", tmp_path / "data")
+    extract_fbank(tmp_path / "data", tmp_path / "fbank")
+    feats = kaldiio.load_scp(str(tmp_path / "fbank" / "feats.scp"))["id00012/vid/00001"]
+    # AAC adds encoder priming/padding (a few hundred samples): about 0.5 s of frames either way.
+    assert abs(feats.shape[0] - FbankConfig().num_frames(8000)) <= 6
+    # Same tone, lossy codec: the log-Mel spectrum agrees where the energy is (the 440 Hz bins).
+    ref = compute_fbank(read_audio(str(wav)))
+    peak = int(np.argmax(ref.mean(axis=0)))
+    assert abs(np.median(feats[:, peak]) - np.median(ref[:, peak])) < 0.5
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="sox not installed")
+def test_sox_speed_perturbation_pipe_is_read(tmp_path):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _tone(1.0, 300), 16000, subtype="PCM_16")
+    samples = read_audio(f"sox {wav} -t wav - speed 1.1 |")
+    assert abs(len(samples) - 16000 / 1.1) < 20

@@ -117,7 +117,8 @@ def extract_fbank(
         sample_rate=sample_rate,
     )
     columns = (TextColumn("extract-fbank"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=_console, transient=True) as bar:
+    # Only on a terminal: in logs (recipes redirect stderr) a bar is noise; the summary table remains.
+    with Progress(*columns, console=_console, transient=True, disable=not _console.is_terminal) as bar:
         task = bar.add_task("utterances", total=None)
 
         def progress(done: int, total: int) -> None:
