@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +140,36 @@ def test_same_utterance_in_two_formats_is_a_duplicate_key(tmp_path):
     _wav(tmp_path / "c" / "id1" / "v" / "00001.flac")
     with pytest.raises(MemsvError, match="utterance key 'id1/v/00001' also given by"):
         scan_corpus(tmp_path / "c")
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_m4a2wav_script_converts_a_tree_that_prepares_as_wav(tmp_path):
+    src = tmp_path / "aac" / "id00012" / "vid"
+    src.mkdir(parents=True)
+    _wav(tmp_path / "tone.wav")
+    for utt in ("00001", "00002"):
+        cmd = [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(tmp_path / "tone.wav"),
+            str(src / f"{utt}.m4a"),
+        ]
+        subprocess.run(cmd, check=True)
+    script = Path(__file__).resolve().parents[1] / "local" / "m4a2wav.sh"
+    subprocess.run([str(script), "--nj", "2", str(tmp_path / "aac"), str(tmp_path / "wav")], check=True)
+    summary = prepare_voxceleb(tmp_path / "wav", tmp_path / "data")
+    assert summary.num_utts == 2 and summary.num_m4a == 0
+    info = sf.info(tmp_path / "wav" / "id00012" / "vid" / "00001.wav")
+    assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+    (src / "00003.m4a").write_bytes(b"corrupt")  # a failure is reported, and leaves no partial wav
+    proc = subprocess.run(
+        [str(script), str(tmp_path / "aac"), str(tmp_path / "wav")], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "ffmpeg failed on" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "wav" / "id00012" / "vid").iterdir()) == [
+        "00001.wav",
+        "00002.wav",
+    ]
