@@ -31,13 +31,15 @@ _BUCKETS = 1 << 16
 class QuantTables:
     """Everything the fast quantiser needs for one map on one device.
 
-    code: fp32 (256,), the map. upper_mid: fp32 (256,), threshold between code k and k+1 (+inf for 255).
+    code: fp32 (256,), the map.
     lut: int32 (65536,), lowest code a value in each top-16-bit bucket can round to.
+    threshold: fp32 (65536,), the midpoint above ``lut[bucket]`` (+inf after code 255): a value in the
+    bucket rounds to ``lut[bucket] + 1`` exactly when it is greater.
     """
 
     code: torch.Tensor
-    upper_mid: torch.Tensor
     lut: torch.Tensor
+    threshold: torch.Tensor
 
     @staticmethod
     def build(signed: bool, device: torch.device | str = "cpu") -> QuantTables:
@@ -55,8 +57,9 @@ class QuantTables:
         spread = (c_first - c_last).abs()
         if bool((spread[finite] > 1).any()):  # pragma: no cover - a property of the map, tested
             raise RuntimeError("dynamic map too fine for the 16-bit bucket table")
-        lut = torch.minimum(c_first, c_last).to(torch.int32)
-        return QuantTables(code.to(device), upper_mid.to(device), lut.to(device))
+        lut = torch.minimum(c_first, c_last)
+        threshold = upper_mid[lut]
+        return QuantTables(code.to(device), lut.to(torch.int32).to(device), threshold.to(device))
 
 
 class Workspace:
@@ -130,9 +133,14 @@ def quantize_from(
     bucket.add_(32768)
     cand = idx2[:n]
     torch.index_select(tables.lut, 0, bucket, out=cand)
-    thresholds = tmp[:n]
-    torch.index_select(tables.upper_mid, 0, cand, out=thresholds)
-    cand.add_(torch.gt(xs, thresholds))
+    diff = tmp[:n]
+    torch.index_select(tables.threshold, 0, bucket, out=diff)
+    # threshold - x < 0 (sign bit set) exactly when x > threshold: an arithmetic shift of the sign bit
+    # gives -1, so subtracting it rounds up. Cheaper on CPU than a bool comparison plus an add.
+    diff.sub_(xs)
+    sign = bucket  # bucket indices are no longer needed
+    torch.bitwise_right_shift(diff.view(torch.int32), 31, out=sign)
+    cand.sub_(sign)
     codes_out.copy_(cand)
 
 
