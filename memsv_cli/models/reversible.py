@@ -25,7 +25,8 @@ step costs one extra f forward. Guarantees, each tested in ``tests/test_reversib
 - random state (dropout) consumed by a step is recorded and replayed when it is recomputed;
 - under ``torch.autocast`` f runs in the autocast dtype, in forward and recomputation, while the streams
   stay in their own (fp32) dtype;
-- no tensor the caller owns is freed or modified;
+- no tensor the caller owns is freed or modified (only the Function's own intermediates are updated in
+  place, which saves a stream copy per step);
 - eval mode, ``torch.no_grad()`` or ``reversible_backward=False`` run the plain loop, at no extra cost
   (``False`` caches every intermediate like any network: the plain-autograd reference).
 """
@@ -58,6 +59,11 @@ def depth_to_space(x: torch.Tensor, sf: int, st: int) -> torch.Tensor:
     c = k // (sf * st)
     x = x.reshape(n, sf, st, c, h, w).permute(0, 3, 4, 1, 5, 2)
     return x.reshape(n, c, h * sf, w * st)
+
+
+def _shares_memory(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether two tensors live in the same storage (views included)."""
+    return x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
 
 
 class HalfStep(nn.Module):
@@ -99,15 +105,27 @@ class HalfStep(nn.Module):
         x = b[:, : self.in_ch] if self.in_ch < b.shape[1] else b
         return self.f(x).to(dtype)
 
-    def _add(self, base: torch.Tensor, fb: torch.Tensor, sign: float) -> torch.Tensor:
-        """``base + sign * P(fb)`` as a new tensor (base is never written)."""
-        if self.out_ch == base.shape[1]:
+    def _add(self, base: torch.Tensor, fb: torch.Tensor, sign: float, inplace: bool = False) -> torch.Tensor:
+        """``base + sign * P(fb)``; written into ``base`` only when ``inplace`` (scratch tensors of the
+        custom Function), else as a new tensor."""
+        full = self.out_ch == base.shape[1]
+        if inplace:
+            head = base if full else base[:, : self.out_ch]
+            head.add_(fb) if sign > 0 else head.sub_(fb)
+            return base
+        if full:
             return base + fb if sign > 0 else base - fb
         head = base[:, : self.out_ch] + fb if sign > 0 else base[:, : self.out_ch] - fb
         return torch.cat([head, base[:, self.out_ch :]], 1)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.shuffle(b), self._add(self.shuffle(a), self.branch(b, a.dtype), +1.0)
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, a_is_scratch: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``a_is_scratch``: ``a`` belongs to the custom Function and is dead after this step, so the
+        update may be written into it (the plain path never sets it: autograd needs its inputs)."""
+        ra = self.shuffle(a)
+        scratch = a_is_scratch or not _shares_memory(ra, a)
+        return self.shuffle(b), self._add(ra, self.branch(b, a.dtype), +1.0, inplace=scratch)
 
     @torch.no_grad()
     def inverse(self, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,24 +141,30 @@ class HalfStep(nn.Module):
         gd: torch.Tensor,
         params: Sequence[torch.Tensor],
         autocast: tuple[str, bool, torch.dtype] = ("cpu", False, torch.bfloat16),
+        protected: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
         """Rebuild the input and back-propagate through this step with one f evaluation.
 
         ``autocast`` is ``(device_type, enabled, dtype)`` as in the forward pass; only the recomputation
-        of f runs under it, the vector-Jacobian product runs outside like any backward.
+        of f runs under it, the vector-Jacobian product runs outside like any backward. ``d`` and
+        ``gc`` are updated in place unless they share memory with a tensor in ``protected`` (the
+        chain's outputs and incoming gradients, which the caller and autograd own).
         Returns ``(a, b, ga, gb, param_grads)``; ``param_grads`` matches ``params`` (None where unused).
         """
         b = self.unshuffle(c).detach()
         b_act = (b[:, : self.in_ch] if self.in_ch < b.shape[1] else b).detach().requires_grad_(True)
         with torch.enable_grad(), torch.autocast(autocast[0], dtype=autocast[2], enabled=autocast[1]):
             fb = self.f(b_act).to(d.dtype)
-        a = self.unshuffle(self._add(d, fb.detach(), -1.0))
+        d_scratch = not any(_shares_memory(d, t) for t in protected)
+        a = self.unshuffle(self._add(d, fb.detach(), -1.0, inplace=d_scratch))
         g_fb = gd[:, : self.out_ch] if self.out_ch < gd.shape[1] else gd
         grads = torch.autograd.grad(fb, [b_act, *params], g_fb, allow_unused=True)
         ga = self.unshuffle(gd)
         gb = self.unshuffle(gc)
         if grads[0] is not None:
-            if self.in_ch == gb.shape[1]:
+            if not any(_shares_memory(gc, t) for t in protected):
+                (gb if self.in_ch == gb.shape[1] else gb[:, : self.in_ch]).add_(grads[0])
+            elif self.in_ch == gb.shape[1]:
                 gb = gb + grads[0]
             else:
                 gb = torch.cat([gb[:, : self.in_ch] + grads[0], gb[:, self.in_ch :]], 1)
@@ -197,7 +221,8 @@ class _ChainFunction(torch.autograd.Function):
         rng: list[tuple | None] = []
         for step in chain.steps:
             before = _rng_state(device)
-            a, b = step(a, b)
+            # Intermediates are the Function's own and dead after use: update them in place.
+            a, b = step(a, b, a_is_scratch=not (_shares_memory(a, a_in) or _shares_memory(a, b_in)))
             # Keep a snapshot only for steps that drew random numbers: costs nothing without dropout.
             rng.append(None if _same_rng(before, _rng_state(device)) else before)
         # A one-step identity chain would hand back an input; autograd needs outputs of its own.
@@ -215,6 +240,7 @@ class _ChainFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, ga: torch.Tensor, gb: torch.Tensor):
         c, d = ctx.saved_tensors
+        protected = (c, d, ga, gb)
         chain: ReversibleChain = ctx.chain
         needs = ctx.needs_input_grad[3:]
         all_grads: list[torch.Tensor | None] = []
@@ -225,7 +251,7 @@ class _ChainFunction(torch.autograd.Function):
             offset -= len(params)
             wanted = [p for p, n in zip(params, needs[offset : offset + len(params)], strict=True) if n]
             with _replay_rng(ctx.rng[i], ctx.device), frozen_batchnorm_stats(step):
-                c, d, ga, gb, grads = step.backward_step(c, d, ga, gb, wanted, ctx.autocast)
+                c, d, ga, gb, grads = step.backward_step(c, d, ga, gb, wanted, ctx.autocast, protected)
             it = iter(grads)
             step_grads = [next(it) if n else None for n in needs[offset : offset + len(params)]]
             all_grads[:0] = step_grads
