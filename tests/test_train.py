@@ -225,3 +225,33 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Captur
         )
     assert done.value.code == 1
     assert "no such data directory" in capsys.readouterr().err
+
+
+def test_progress_prints_one_line_per_epoch_when_not_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from memsv_cli.train.progress import TrainProgress
+
+    out = io.StringIO()
+    metrics = {
+        "epoch": 3,
+        "loss": 1.25,
+        "acc": 0.5,
+        "lr": 1e-3,
+        "margin": 0.2,
+        "samples_per_s": 40.0,
+        "peak_mem_bytes": 3 * 2**20,
+    }
+    with TrainProgress(True, total_epochs=5, console=Console(file=out, force_terminal=False, width=200)) as p:
+        p.start_epoch(3, steps=2)
+        p.update(loss=1.0, acc=0.5, lr=1e-3, margin=0.2, samples_per_s=40.0)
+        p.end_epoch(metrics)
+    assert out.getvalue() == (
+        "epoch 3/5 loss 1.250 acc  50.0% lr 1.00e-03 margin 0.200 40 samples/s peak 3 MiB\n"
+    )
+    silent = io.StringIO()
+    with TrainProgress(False, total_epochs=5, console=Console(file=silent)) as p:
+        p.end_epoch(metrics)
+    assert silent.getvalue() == ""

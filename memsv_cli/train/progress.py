@@ -16,13 +16,18 @@ from rich.progress import (
 
 
 class TrainProgress:
-    """Context manager; a no-op when ``enabled`` is False (ranks > 0, ``train.progress: false``)."""
+    """Context manager; a no-op when ``enabled`` is False (ranks > 0, ``train.progress: false``).
+
+    On a terminal it draws a live bar; otherwise (output redirected to a log file) it prints one summary
+    line per epoch instead, so that logs are not flooded with bar redraws.
+    """
 
     def __init__(self, enabled: bool, total_epochs: int, console: Console | None = None) -> None:
         self.enabled, self.total_epochs = enabled, total_epochs
+        self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
         self._task: Any = None
-        if enabled:
+        if enabled and self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 BarColumn(),
@@ -30,7 +35,7 @@ class TrainProgress:
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=console or Console(stderr=True),
+                console=self.console,
             )
 
     def __enter__(self) -> TrainProgress:
@@ -59,11 +64,13 @@ class TrainProgress:
 
     def end_epoch(self, metrics: dict[str, Any]) -> None:
         """Replace the live stats with the epoch's means (the bar stays on screen as a record)."""
+        stats = (
+            f"loss {metrics['loss']:.3f} acc {100 * metrics['acc']:5.1f}% lr {metrics['lr']:.2e} "
+            f"margin {metrics['margin']:.3f} {metrics['samples_per_s']:.0f} samples/s "
+            f"peak {metrics['peak_mem_bytes'] / 2**20:.0f} MiB"
+        )
         if self._progress is not None and self._task is not None:
-            stats = (
-                f"loss {metrics['loss']:.3f} acc {100 * metrics['acc']:5.1f}% lr {metrics['lr']:.2e} "
-                f"margin {metrics['margin']:.3f} {metrics['samples_per_s']:.0f} samples/s "
-                f"peak {metrics['peak_mem_bytes'] / 2**20:.0f} MiB"
-            )
             self._progress.update(self._task, stats=stats)
             self._task = None
+        elif self.enabled:
+            self.console.print(f"epoch {metrics['epoch']}/{self.total_epochs} {stats}", highlight=False)
