@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 
@@ -23,7 +22,6 @@ from memsv_cli.optim import (
 )
 from memsv_cli.optim.fused import Workspace
 
-HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 # MEMSV_FULL_TESTS=1 runs every parity case for the full 50 steps (about 2 minutes on one core); by
 # default the 4M-element shape runs 5 steps so that the suite stays fast.
 FULL = os.environ.get("MEMSV_FULL_TESTS") == "1"
@@ -384,9 +382,8 @@ def test_step_work_memory_is_bounded_whatever_the_model_size():
     assert SGD8bit([nn.Parameter(torch.zeros(1))]).workspace_for([small], 256).capacity == 5120
 
 
-@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes not installed")
 def test_adam8bit_stays_as_close_to_torch_as_bitsandbytes_adam8bit():
-    import bitsandbytes as bnb
+    bnb = pytest.importorskip("bitsandbytes")
 
     torch.manual_seed(5)
     init = torch.randn(256, 256) * 0.1

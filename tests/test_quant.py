@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from memsv_cli.optim import create_dynamic_map, dequantize_blockwise, quantize_blockwise
 from memsv_cli.optim.fused import QuantTables, Workspace, dequantize_into, quantize_from
 from memsv_cli.optim.quant import map_midpoints
-
-HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
 
 def _decade_counts(code: torch.Tensor) -> list[int]:
@@ -149,9 +145,8 @@ def test_fast_quantiser_gives_the_reference_codes_bit_for_bit(signed):
     assert torch.equal(out[n:], torch.zeros(nb * block - n))
 
 
-@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes not installed")
 def test_map_equals_bitsandbytes_and_codes_are_never_farther_than_its_codes():
-    import bitsandbytes.functional as bnbf
+    bnbf = pytest.importorskip("bitsandbytes.functional")
 
     for signed in (True, False):
         code = create_dynamic_map(signed)

@@ -99,7 +99,7 @@ class Adam8bit(Blockwise8bitOptimizer):
         decoupled, maximize = bool(group["decoupled_weight_decay"]), bool(group["maximize"])
         bs = group["block_size"]
         eight = [p for p in params if self.uses_8bit(p, group)]
-        ws = self.workspace_for(eight, bs)
+        workspaces = self.workspaces_for(eight, bs)
         for p in params:
             state = self.init_state(p, group)
             state["step"] += 1
@@ -108,7 +108,7 @@ class Adam8bit(Blockwise8bitOptimizer):
                 _adam_fp32(p, p.grad, state["exp_avg"], state["exp_avg_sq"], lr, beta1, beta2, eps, wd,
                            decoupled, maximize, step)  # fmt: skip
                 continue
-            assert ws is not None
+            ws = workspaces[p.device]
             signed, unsigned = self.tables(True, p.device), self.tables(False, p.device)
             flat_p, flat_g = _flat(p), _flat(p.grad)
             c1, c2 = state["exp_avg_q"].view(-1), state["exp_avg_sq_q"].view(-1)

@@ -121,6 +121,16 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
         largest = max(num_blocks(p.numel(), block_size) * block_size for p in params)
         return Workspace(min(chunk, largest), params[0].device)
 
+    def workspaces_for(self, params: list[torch.Tensor], block_size: int) -> dict[torch.device, Workspace]:
+        """One :meth:`workspace_for` per device among ``params`` (a group may span devices)."""
+        devices = {p.device for p in params}
+        out = {}
+        for device in devices:
+            ws = self.workspace_for([p for p in params if p.device == device], block_size)
+            assert ws is not None
+            out[device] = ws
+        return out
+
     # -- public API -----------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

@@ -81,7 +81,7 @@ class SGD8bit(Blockwise8bitOptimizer):
                 p.add_(d_p, alpha=-lr)
             return
         eight = [p for p in params if self.uses_8bit(p, group)]
-        ws = self.workspace_for(eight, bs)
+        workspaces = self.workspaces_for(eight, bs)
         for p in params:
             state = self.init_state(p, group)
             first = state["step"] == 0
@@ -90,7 +90,7 @@ class SGD8bit(Blockwise8bitOptimizer):
                 _sgd_fp32(p, p.grad, state["momentum_buffer"], lr, momentum, dampening, wd, nesterov,
                           maximize, first)  # fmt: skip
                 continue
-            assert ws is not None
+            ws = workspaces[p.device]
             signed = self.tables(True, p.device)
             flat_p, flat_g = _flat(p), _flat(p.grad)
             c1, a1 = state["momentum_buffer_q"].view(-1), state["momentum_buffer_absmax"]
