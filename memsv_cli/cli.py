@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embed",
     "score",
     "profile",
+    "models",
 )
 
 app = typer.Typer(

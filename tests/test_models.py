@@ -69,3 +69,34 @@ def test_output_shape_for_odd_frame_counts(prefix: str, base: str, frames: int) 
     out = model(torch.randn(2, frames, 20))
     assert out.shape == (2, 6)
     assert torch.isfinite(out).all()
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from memsv_cli.cli import main
+
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_list_models_json_gives_every_name_with_its_parameters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    code, out, _ = _cli(["list-models", "--json"], capsys)
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)["models"]}
+    assert sorted(rows) == sorted(list_models())
+    assert rows["resnet34"]["params"] == rows["rev_resnet34"]["params"] == 6634336
+    assert rows["fullrev_dfresnet233"]["variant"] == "fullrev"
+
+
+def test_cli_list_models_bad_size_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(["list-models", "--base-width", "0"], capsys)
+    assert code == 1 and out == ""
+    assert err.strip().count("\n") == 0 and "base_width must be a positive integer" in err

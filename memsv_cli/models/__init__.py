@@ -15,12 +15,17 @@ from memsv_cli.models.activation_bytes import saved_activation_bytes
 from memsv_cli.models.backbone import SpeakerNet
 from memsv_cli.models.dfresnet import DFRESNET_CONFIGS, dfresnet_parts
 from memsv_cli.models.resnet import RESNET_CONFIGS, resnet_parts
-from memsv_cli.models.reversible import ReversibleChain, chain_reconstruction_error
+from memsv_cli.models.reversible import (
+    ReversibleChain,
+    chain_reconstruction_error,
+    frozen_batchnorm_stats,
+)
 
 __all__ = [
     "SpeakerNet",
     "get_model",
     "list_models",
+    "model_summary",
     "parse_model_name",
     "reconstruction_error",
     "saved_activation_bytes",
@@ -83,6 +88,14 @@ def get_model(
     )
 
 
+def model_summary(name: str, **kwargs: object) -> dict[str, object]:
+    """``{"name", "variant", "family", "depth", "params"}`` of ``get_model(name, **kwargs)``; build it
+    under ``torch.device("meta")`` to count without allocating."""
+    variant, family, depth = parse_model_name(name)
+    params = sum(p.numel() for p in get_model(name, **kwargs).parameters())
+    return {"name": name, "variant": variant, "family": family, "depth": depth, "params": params}
+
+
 def reconstruction_error(model: nn.Module, feats: torch.Tensor) -> float:
     """Largest relative error of the block inputs rebuilt by the reversible backward.
 
@@ -98,8 +111,6 @@ def reconstruction_error(model: nn.Module, feats: torch.Tensor) -> float:
 
     def grab(module: nn.Module, args: tuple) -> None:
         captured[id(module)] = (args[0].detach(), args[1].detach())
-
-    from memsv_cli.models.reversible import frozen_batchnorm_stats
 
     handles = [c.register_forward_pre_hook(grab) for c in chains]
     try:
