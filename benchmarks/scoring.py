@@ -54,6 +54,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--files", action="store_true", help="also time the end-to-end file path")
     parser.add_argument(
+        "--embed",
+        action="store_true",
+        help="also time extract-embeddings batching (ResNet34, width 32): one-by-one vs length-grouped",
+    )
+    parser.add_argument(
         "--cohort",
         type=int,
         default=0,
@@ -167,6 +172,39 @@ def main() -> None:
             )
             w, c, _ = _timed(lambda: score_trial_lists([path], scp, out_dir=Path(tmp) / "s"), repeat=1)
         _row("end to end: files in, score file out (once)", w, c)
+
+    if args.embed:
+        _embed_benchmark()
+
+
+def _embed_benchmark(n_utts: int = 32, frames: tuple[int, ...] = (200, 300), batch: int = 16) -> None:
+    """Embeddings of ``n_utts`` utterances (lengths drawn from ``frames``), one by one vs batched."""
+    import torch
+
+    from memsv_cli.embed import embed_batches, mean_normalise, plan_batches
+    from memsv_cli.models import get_model
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    model = get_model("resnet34").eval()
+    feats = {
+        f"u{i:03d}": rng.normal(size=(int(rng.choice(frames)), 80)).astype(np.float32) for i in range(n_utts)
+    }
+    lengths = {u: m.shape[0] for u, m in feats.items()}
+
+    def run(batch_size: int) -> dict[str, np.ndarray]:
+        batches = plan_batches(lengths, batch_size, 10**9)
+        items = ((b, torch.from_numpy(np.stack([mean_normalise(feats[u]) for u in b]))) for b in batches)
+        return embed_batches(model, items, torch.device("cpu"))
+
+    w1, c1, one = _timed(lambda: run(1), repeat=1)
+    wb, cb, many = _timed(lambda: run(batch), repeat=1)
+    diff = max(float(np.abs(one[u] - many[u]).max()) for u in one)
+    print(f"extract-embeddings, ResNet34 (6.6M params), {n_utts} utts of {frames} frames, one thread:")
+    print(f"{'':<46}{'wall s':>9}{'cpu s':>9}{'utts/s':>9}")
+    print(f"{'one by one (batch 1)':<46}{w1:>9.2f}{c1:>9.2f}{n_utts / c1:>9.1f}")
+    print(f"{f'length-grouped (batch {batch})':<46}{wb:>9.2f}{cb:>9.2f}{n_utts / cb:>9.1f}")
+    print(f"batched / one-by-one speed (cpu): {c1 / cb:.2f}x; max |difference| {diff:.2e}")
 
 
 if __name__ == "__main__":
