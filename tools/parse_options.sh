@@ -8,7 +8,8 @@
 # Every `--name value` or `--name=value` sets the shell variable `name`; dashes and underscores are the
 # same (`--stop-stage 3` == `--stop_stage 3`). Only variables that the script declared can be set, so a
 # typo is an error instead of a silently ignored option. A variable whose default is true/false accepts
-# only true/false. `--config FILE` sources FILE (shell assignments) first. `--help`/`-h` prints
+# only true/false. Unlike Kaldi's version, `--config` is an ordinary variable (recipes use it for the
+# training YAML; Kaldi would source the file as shell code). `--help`/`-h` prints
 # $help_message (when the script defines one) and the variables with their current values.
 # Parsing stops at the first argument that does not start with `--`; those remain in "$@".
 
@@ -27,11 +28,6 @@ while true; do
   case "$1" in
     --help|-h)
       __po_usage; exit 0 ;;
-    --config|--config=*)
-      if [ "$1" = --config ]; then __po_file=${2:-}; shift 2 || { echo "$0: --config needs a file" >&2; exit 1; }
-      else __po_file=${1#--config=}; shift; fi
-      [ -f "$__po_file" ] || { echo "$0: config file '$__po_file' not found" >&2; exit 1; }
-      . "$__po_file" || exit 1 ;;
     --*=*)
       __po_name=${1%%=*}; __po_value=${1#*=}; __po_shift=1 ;;&
     --*)
@@ -58,5 +54,5 @@ while true; do
     *) break ;;
   esac
 done
-unset __po_name __po_value __po_old __po_file __po_shift
+unset __po_name __po_value __po_old __po_shift
 true
