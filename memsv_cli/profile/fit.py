@@ -46,43 +46,47 @@ def format_bytes(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
-def max_batch_size(peak_bytes: Callable[[int], int], budget: int, upper: int = 1 << 16) -> int:
+def max_batch_size(
+    peak_bytes: Callable[[int], int], budget: int, known: dict[int, int] | None = None, upper: int = 1 << 16
+) -> int:
     """The largest batch ``b`` in ``[1, upper]`` with ``peak_bytes(b) <= budget``; 0 when even 1 does not fit.
 
-    Peak memory is affine in the batch size, ``a + c * b``, so two evaluations predict the answer and a
-    short search around the prediction confirms it (peak_bytes is assumed non-decreasing in ``b``); a
-    ResNet293 needs 3-5 meta estimates.
+    ``known`` holds peaks already measured (batch -> bytes). Peak memory is close to affine in the batch
+    size, so a secant through two measured points predicts the answer, and the
+    prediction and its successor confirm it: 4 evaluations for an affine peak. At small batches the peak
+    can be dominated by batch-independent memory, so the prediction is refined a few times before a
+    bisection between the largest fitting and smallest non-fitting batch settles it exactly.
+    ``peak_bytes`` must be non-decreasing in ``b``.
     """
-    cache: dict[int, int] = {}
+    cache = dict(known or {})
 
     def fits(b: int) -> bool:
         if b not in cache:
             cache[b] = peak_bytes(b)
         return cache[b] <= budget
 
+    def bracket() -> tuple[int, int]:
+        lo = max(b for b, m in cache.items() if m <= budget and b <= upper)
+        hi = min((b for b, m in cache.items() if m > budget), default=upper + 1)
+        return lo, min(hi, upper + 1)
+
     if not fits(1):
         return 0
-    if fits(upper):
-        return upper
-    per_item = max(peak_bytes(2) - cache[1], 1) if fits(2) else 0
-    guess = min(max(1 + (budget - cache[1]) // per_item, 1), upper) if per_item else 1
-    # Bracket [lo, hi): lo fits, hi does not, starting next to the linear prediction.
-    lo, hi = 1, upper
-    if fits(guess):
-        lo = guess
-        if not fits(min(guess + 1, upper)):
-            return guess
-        hi = min(guess + 1, upper)
-        step = 2
-        while fits(hi):
-            lo, hi = hi, min(hi + step, upper)
-            step *= 2
-    else:
-        hi = guess
-        step = 1
-        while not fits(max(hi - step, 1)):
-            hi, step = max(hi - step, 1), step * 2
-        lo = max(hi - step, 1)
+    if upper > 1:
+        fits(max((b for b in cache if 1 < b <= upper), default=2))
+    for _ in range(6):
+        lo, hi = bracket()
+        if hi - lo <= 1:
+            return lo
+        # Secant through the bracket's ends (regula falsi) once both are measured, else the two largest.
+        b1, b2 = (lo, hi) if hi in cache else sorted(b for b in cache if b <= lo)[-2:]
+        m1, m2 = cache[b1], cache[b2]
+        slope = (m2 - m1) / (b2 - b1)
+        guess = b1 + (budget - m1) / slope if slope > 0 else 2 * lo
+        guess = int(min(max(guess, lo + 1), hi - 1))
+        if fits(guess) and guess + 1 < hi:
+            fits(guess + 1)
+    lo, hi = bracket()
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)

@@ -22,6 +22,7 @@ batch, logits, gradients flowing between layers, temporaries).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -182,7 +183,9 @@ def measure_step(
         # Real constants (quantiser tables) may meet fake tensors: they are converted on the fly.
         fake = FakeTensorMode(allow_non_fake_inputs=True)
         passthrough = _RealOpsPassthrough.mode()
-    with fake:
+    with fake, warnings.catch_warnings():
+        # 8-bit kernels compare data pointers to spot copies; fake tensors warn about it, harmlessly.
+        warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
         step = TrainingStep.build(build_model, setup, "cpu", optimizer_factory)
         tracker = StorageTracker()
         with passthrough, tracker:

@@ -133,8 +133,11 @@ def profile_memory(
         report.baseline = measure_step(base_build, base_setup, method)
     if gpu_memory is not None:
         report.gpu_memory = gpu_memory
+        known = {setup.batch_size: report.bytes.total} if method == "meta" else {}
         report.max_batch_size = max_batch_size(
-            lambda b: measure_step(build, dataclasses.replace(setup, batch_size=b), "meta").total, gpu_memory
+            lambda b: measure_step(build, dataclasses.replace(setup, batch_size=b), "meta").total,
+            gpu_memory,
+            known,
         )
     return report
 

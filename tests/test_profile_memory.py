@@ -1,0 +1,177 @@
+"""The profiler on memsv's own models and optimizers: CPU measurement vs meta estimate, the paper's
+claims (8-bit states, depth-independent fullrev activations) and the ``profile-memory`` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memsv_cli.cli import main
+from memsv_cli.models import get_model
+from memsv_cli.profile.memory import measure_step
+from memsv_cli.profile.report import default_baseline, model_builder, profile_memory
+from memsv_cli.profile.step import StepSetup
+
+TINY = {"batch_size": 2, "frames": 24, "feat_dim": 16, "num_speakers": 20, "embed_dim": 16}
+
+
+def _tiny(name: str, width: int = 4):  # noqa: ANN202
+    return lambda: get_model(name, feat_dim=16, embed_dim=16, base_width=width)
+
+
+@pytest.mark.parametrize(
+    ("model", "optimizer", "precision"),
+    [
+        ("resnet18", "sgd", "fp32"),
+        ("rev_resnet18", "adam8bit", "fp32"),
+        ("fullrev_resnet50", "sgd8bit", "fp32"),
+        ("fullrev_dfresnet56", "adam", "bf16"),
+    ],
+)
+def test_cpu_measurement_and_meta_estimate_agree_within_10_percent(
+    model: str, optimizer: str, precision: str
+) -> None:
+    setup = StepSetup(**TINY, optimizer=optimizer, precision=precision)
+    cpu = measure_step(_tiny(model, 8), setup, "cpu")
+    meta = measure_step(_tiny(model, 8), setup, "meta")
+    assert abs(meta.total - cpu.total) <= 0.10 * cpu.total, (cpu, meta)
+    # Components are a snapshot at the peak; where two local peaks are nearly equal the snapshot may be
+    # taken at a different moment, so only the total, parameters and states are compared.
+    assert meta.parameters == cpu.parameters and meta.optimizer_states == cpu.optimizer_states
+
+
+def test_fullrev_activation_bytes_do_not_grow_with_depth() -> None:
+    setup = StepSetup(**TINY)
+    acts = {
+        name: measure_step(_tiny(name), setup, "meta").activations
+        for name in ("resnet50", "resnet101", "fullrev_resnet50", "fullrev_resnet101")
+    }
+    assert acts["fullrev_resnet50"] == acts["fullrev_resnet101"]
+    assert acts["resnet101"] > 1.5 * acts["resnet50"]
+    assert acts["resnet101"] > 3 * acts["fullrev_resnet101"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_8bit_optimizer_states_are_at_most_026x_of_32bit_on_resnet34(optimizer: str) -> None:
+    setup = dict(TINY, feat_dim=80, embed_dim=256, num_speakers=5994)
+    full = measure_step(
+        model_builder("resnet34", 80, 256, 32), StepSetup(**setup, optimizer=optimizer), "meta"
+    )
+    low = measure_step(
+        model_builder("resnet34", 80, 256, 32), StepSetup(**setup, optimizer=optimizer + "8bit"), "meta"
+    )
+    ratio = low.optimizer_states / full.optimizer_states
+    assert 0.25 < ratio <= 0.26
+    assert low.parameters == full.parameters
+
+
+def test_default_baseline_is_the_vanilla_model_with_the_32bit_optimizer() -> None:
+    assert default_baseline("fullrev_resnet293", "sgd8bit") == ("resnet293", "sgd")
+    assert default_baseline("rev_dfresnet56", "adam") == ("dfresnet56", "adam")
+    assert default_baseline("resnet34", "adamw8bit") == ("resnet34", "adamw")
+    assert default_baseline("resnet34", "sgd") is None
+
+
+def test_profile_memory_reports_savings_against_the_baseline() -> None:
+    setup = StepSetup(**TINY, optimizer="sgd8bit")
+    report = profile_memory("fullrev_resnet101", setup, device="meta", base_width=4)
+    out = report.to_json()
+    assert out["baseline"]["model"] == "resnet101" and out["baseline"]["optimizer"] == "sgd"
+    base, this = out["baseline"]["bytes"], out["bytes"]
+    assert out["saving"]["total"] == pytest.approx(base["total"] / this["total"])
+    assert out["saving"]["activations"] > 1.0
+    assert sum(v for k, v in this.items() if k != "total") == this["total"]
+
+
+def test_cli_json_prints_exactly_one_object_with_the_issue_schema(capsys: pytest.CaptureFixture) -> None:
+    main(
+        [
+            "profile-memory",
+            "--model",
+            "rev_resnet18",
+            "--batch-size",
+            "2",
+            "--frames",
+            "24",
+            "--feat-dim",
+            "16",
+            "--num-speakers",
+            "20",
+            "--embed-dim",
+            "16",
+            "--base-width",
+            "4",
+            "--optimizer",
+            "adam8bit",
+            "--device",
+            "meta",
+            "--gpu-memory",
+            "64MiB",
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"model", "method", "setup", "bytes", "baseline", "saving", "gpu_memory"}
+    assert (out["model"], out["method"]) == ("rev_resnet18", "meta")
+    assert out["setup"]["optimizer"] == "adam8bit" and out["setup"]["batch_size"] == 2
+    keys = {"parameters", "gradients", "optimizer_states", "activations", "other", "total"}
+    assert set(out["bytes"]) == keys and set(out["baseline"]["bytes"]) == keys
+    assert out["baseline"]["optimizer"] == "adam"
+    assert set(out["saving"]) == {"activations", "optimizer_states", "total"}
+    fits = out["gpu_memory"]["max_batch_size"]
+    assert out["gpu_memory"]["bytes"] == 64 * 2**20 and fits > 2
+    one_more = measure_step(
+        _tiny("rev_resnet18"), StepSetup(**{**TINY, "batch_size": fits + 1}, optimizer="adam8bit"), "meta"
+    )
+    assert one_more.total > 64 * 2**20
+
+
+def test_cli_table_and_compare_none(capsys: pytest.CaptureFixture) -> None:
+    main(
+        [
+            "profile-memory",
+            "--model",
+            "resnet18",
+            "--batch-size",
+            "2",
+            "--frames",
+            "24",
+            "--feat-dim",
+            "16",
+            "--num-speakers",
+            "20",
+            "--embed-dim",
+            "16",
+            "--base-width",
+            "4",
+            "--device",
+            "cpu",
+            "--compare",
+            "none",
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "cpu" and out["baseline"] is None and out["saving"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet999"], "unknown model 'resnet999'"),
+        (["--model", "resnet18", "--optimizer", "lion"], "unknown optimizer 'lion'"),
+        (["--model", "resnet18", "--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--model", "resnet18", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--model", "resnet18", "--batch-size", "0"], "batch-size must be at least 1"),
+        (["--model", "resnet18", "--gpu-memory", "lots"], "cannot read memory size 'lots'"),
+    ],
+)
+def test_cli_bad_input_is_a_one_line_error(
+    args: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["profile-memory", *args])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
