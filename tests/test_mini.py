@@ -70,6 +70,9 @@ def test_mini_corpus_is_deterministic_per_seed(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     for f in ("mini_train/utt2spk", "mini_test/spk2utt", "mini_test/trials/mini.kaldi"):
         assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text()
+    prepare_mini(tmp_path / "p", TINY, nj=2)  # worker processes change nothing
+    p = _audio(tmp_path / "p")
+    assert p.keys() == a.keys() and all(np.array_equal(a[k], p[k]) for k in a)
     prepare_mini(tmp_path / "c", dataclasses.replace(TINY, seed=6))
     c = _audio(tmp_path / "c")
     assert a.keys() != c.keys()  # video ids are drawn from the seed too

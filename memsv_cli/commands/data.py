@@ -50,6 +50,9 @@ def prepare_data(
     num_test_speakers: int = typer.Option(20, "--num-test-speakers", help="mini: test speakers (disjoint)."),
     test_utts_per_speaker: int = typer.Option(8, "--test-utts-per-speaker", help="mini: per test speaker."),
     seed: int = typer.Option(777, "--seed", help="mini: random seed (the corpus is a function of it)."),
+    nj: int = typer.Option(
+        1, "--nj", help="mini: worker processes for synthesis (same audio for any value)."
+    ),
 ) -> None:
     """Make Kaldi data dirs (wav.scp, utt2spk, spk2utt, trials/*.kaldi) from a corpus."""
     if corpus is Corpus.voxceleb:
@@ -79,7 +82,7 @@ def prepare_data(
         seed=seed,
     )
     with _console.status("synthesising the mini corpus"):
-        mini = prepare_mini(out, cfg)
+        mini = prepare_mini(out, cfg, nj=nj)
     _console.print(
         _summary_table(
             "prepare-data mini",

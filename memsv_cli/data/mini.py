@@ -23,6 +23,7 @@ Train and test speakers are disjoint. Everything is a deterministic function of 
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,33 +261,50 @@ class MiniConfig:
 _VIDEO_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
 
-def _write_set(
-    root: Path, name: str, id_base: int, n_spk: int, n_utt: int, cfg: MiniConfig
-) -> tuple[list[str], float]:
-    """Synthesise one subset's tree; returns the utterance keys (``spk/video/utt``) and total seconds."""
-    keys = []
-    total = 0
+def _write_speaker(job: tuple[Path, str, int, int, int, MiniConfig]) -> tuple[list[str], int]:
+    """Synthesise one speaker's utterances; returns their keys (``spk/video/utt``) and total samples.
+
+    Every random draw comes from a generator seeded by (seed, subset, speaker[, utterance]), so the
+    result does not depend on which process runs it or in what order.
+    """
+    root, name, id_base, s, n_utt, cfg = job
     subset = 0 if name == "train" else 1
-    for s in range(n_spk):
-        spk_id = f"id{id_base + s + 1:05d}"
-        spk_rng = np.random.default_rng([cfg.seed, subset, s])
-        spk = sample_speaker(spk_rng)
-        n_videos = min(cfg.videos_per_speaker, n_utt)
-        videos = ["".join(spk_rng.choice(_VIDEO_CHARS, 11)) for _ in range(n_videos)]
-        channels = [random_channel(spk_rng) for _ in range(n_videos)]
-        for u in range(n_utt):
-            v = u % n_videos
-            rng = np.random.default_rng([cfg.seed, subset, s, u + 1])
-            channel = channels[v] * random_channel(rng, strength=0.3)
-            seconds = rng.uniform(cfg.min_seconds, cfg.max_seconds)
-            audio = synthesize_utterance(rng, spk, channel, seconds)
-            path = root / name / "wav" / spk_id / videos[v] / f"{u + 1:05d}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-            keys.append(f"{spk_id}/{videos[v]}/{u + 1:05d}")
-            total += len(audio)
-    return keys, total / SAMPLE_RATE
+    spk_id = f"id{id_base + s + 1:05d}"
+    spk_rng = np.random.default_rng([cfg.seed, subset, s])
+    spk = sample_speaker(spk_rng)
+    n_videos = min(cfg.videos_per_speaker, n_utt)
+    videos = ["".join(spk_rng.choice(_VIDEO_CHARS, 11)) for _ in range(n_videos)]
+    channels = [random_channel(spk_rng) for _ in range(n_videos)]
+    keys, total = [], 0
+    for u in range(n_utt):
+        v = u % n_videos
+        rng = np.random.default_rng([cfg.seed, subset, s, u + 1])
+        channel = channels[v] * random_channel(rng, strength=0.3)
+        seconds = rng.uniform(cfg.min_seconds, cfg.max_seconds)
+        audio = synthesize_utterance(rng, spk, channel, seconds)
+        path = root / name / "wav" / spk_id / videos[v] / f"{u + 1:05d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        keys.append(f"{spk_id}/{videos[v]}/{u + 1:05d}")
+        total += len(audio)
+    return keys, total
+
+
+def _write_set(
+    root: Path, name: str, id_base: int, n_spk: int, n_utt: int, cfg: MiniConfig, nj: int
+) -> tuple[list[str], float]:
+    """Synthesise one subset's tree; returns the utterance keys and total seconds."""
+    jobs = [(root, name, id_base, s, n_utt, cfg) for s in range(n_spk)]
+    if nj > 1:
+        # fork: workers start at once and need nothing but numpy/scipy/soundfile (no threads involved).
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(min(nj, n_spk)) as pool:
+            results = pool.map(_write_speaker, jobs, chunksize=1)
+    else:
+        results = [_write_speaker(job) for job in jobs]
+    keys = [k for spk_keys, _ in results for k in spk_keys]
+    return keys, sum(n for _, n in results) / SAMPLE_RATE
 
 
 def all_pair_trials(keys: list[str]) -> list[tuple[str, str, bool]]:
@@ -310,11 +328,11 @@ class MiniSummary:
     audio_seconds: float
 
 
-def prepare_mini(root: str | Path, cfg: MiniConfig | None = None) -> MiniSummary:
+def prepare_mini(root: str | Path, cfg: MiniConfig | None = None, *, nj: int = 1) -> MiniSummary:
     """Synthesise the mini corpus under ``root`` and prepare ``root/mini_train`` and ``root/mini_test``.
 
     Re-running with the same config rewrites identical audio (each file is a function of the seed and
-    its speaker/utterance index only).
+    its speaker/utterance index only), whatever ``nj`` (worker processes, one speaker at a time).
     """
     cfg = cfg or MiniConfig()
     cfg.validate()
@@ -327,8 +345,10 @@ def prepare_mini(root: str | Path, cfg: MiniConfig | None = None) -> MiniSummary
     marker.write_text("memsv mini corpus: train/ test/ mini_train/ mini_test/ are regenerated here\n")
     for tree in trees:  # a re-run with another seed or size must not keep stale utterances
         shutil.rmtree(tree, ignore_errors=True)
-    train, train_s = _write_set(root, "train", 10000, cfg.num_speakers, cfg.utts_per_speaker, cfg)
-    test, test_s = _write_set(root, "test", 20000, cfg.num_test_speakers, cfg.test_utts_per_speaker, cfg)
+    if nj < 1:
+        raise MemsvError(f"--nj must be at least 1, got {nj}")
+    train, train_s = _write_set(root, "train", 10000, cfg.num_speakers, cfg.utts_per_speaker, cfg, nj)
+    test, test_s = _write_set(root, "test", 20000, cfg.num_test_speakers, cfg.test_utts_per_speaker, cfg, nj)
     trials = all_pair_trials(test)
     trial_path = root / "test" / "mini.txt"
     write_lines_atomic(trial_path, [f"{int(lab)} {a}.wav {b}.wav" for a, b, lab in trials])
