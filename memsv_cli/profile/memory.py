@@ -22,20 +22,16 @@ batch, logits, gradients flowing between layers, temporaries).
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from memsv_cli.errors import MemsvError
+from memsv_cli.profile.fake import fake_cpu, real_tensors
 from memsv_cli.profile.step import StepSetup, TrainingStep, build_optimizer
 from memsv_cli.profile.tracker import StorageTracker
-
-if TYPE_CHECKING:
-    from torch.utils._python_dispatch import TorchDispatchMode
 
 METHODS = ("cuda", "cpu", "meta")
 COMPONENTS = ("parameters", "gradients", "optimizer_states", "activations")
@@ -85,13 +81,6 @@ def _tag_saved_activations(tracker: StorageTracker) -> Iterator[None]:
         yield
 
 
-def _real_constants() -> contextlib.AbstractContextManager:
-    """Inside a fake (meta) run, a block in which tensors are real (a no-op outside one)."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    return unset_fake_temporarily()
-
-
 def _prime_quantiser_tables(optimizer: torch.optim.Optimizer) -> None:
     """Build an 8-bit optimizer's quantiser tables (constants) as real tensors.
 
@@ -101,32 +90,9 @@ def _prime_quantiser_tables(optimizer: torch.optim.Optimizer) -> None:
     tables = getattr(optimizer, "tables", None)
     if tables is None:
         return
-    with _real_constants():
+    with real_tensors():
         for signed in (True, False):
             tables(signed, torch.device("cpu"))
-
-
-class _RealOpsPassthrough:
-    """Factory for a dispatch mode that, under FakeTensorMode, runs ops whose tensor inputs are all real
-    for real. Models compare real RNG states (``torch.get_rng_state()``) to decide whether a block needs
-    its random state replayed; fake tensors cannot answer such data-dependent questions."""
-
-    @staticmethod
-    def mode() -> TorchDispatchMode:
-        from torch._subclasses.fake_tensor import FakeTensor
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_leaves
-
-        class Passthrough(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-                kwargs = kwargs or {}
-                tensors = [x for x in tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-                if tensors and not any(isinstance(t, FakeTensor) for t in tensors):
-                    with _real_constants():
-                        return func(*args, **kwargs)
-                return func(*args, **kwargs)
-
-        return Passthrough()
 
 
 def _tracked_step(
@@ -174,21 +140,10 @@ def measure_step(
         raise MemsvError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "cuda":
         return _measure_cuda(build_model, setup, optimizer_factory)
-    fake: contextlib.AbstractContextManager = contextlib.nullcontext()
-    passthrough: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if method == "meta":
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        # Fake tensors report device "cpu", so CPU autocast (bf16) applies exactly as in a real CPU step.
-        # Real constants (quantiser tables) may meet fake tensors: they are converted on the fly.
-        fake = FakeTensorMode(allow_non_fake_inputs=True)
-        passthrough = _RealOpsPassthrough.mode()
-    with fake, warnings.catch_warnings():
-        # 8-bit kernels compare data pointers to spot copies; fake tensors warn about it, harmlessly.
-        warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
+    with fake_cpu() if method == "meta" else contextlib.nullcontext():
         step = TrainingStep.build(build_model, setup, "cpu", optimizer_factory)
         tracker = StorageTracker()
-        with passthrough, tracker:
+        with tracker:
             tracker.track(step.parameters())
             tracker.track(step.buffers())
             _tracked_step(step, tracker, before_measure=lambda: None, full_warm_up=False)
