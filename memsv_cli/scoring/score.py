@@ -173,6 +173,75 @@ def _trial_indices(index: dict[str, int], trials: Sequence[Trial]) -> tuple[np.n
     return key_rows(index, [t.enroll for t in trials]), key_rows(index, [t.test for t in trials])
 
 
+def _prepare_embeddings(
+    embeddings: str | Path, mean_from: str | Path | None, cohort: str | Path | None
+) -> tuple[EmbeddingTable, np.ndarray, np.ndarray | None]:
+    """Load the trial embeddings (and cohort), subtract the ``mean_from`` mean, length-normalise.
+
+    Returns:
+        ``(table, unit, unit_cohort)``: unit is ``(N, D)``, unit_cohort ``(C, D)`` or None.
+    """
+    table = load_embeddings(embeddings)
+    mean = None
+    if mean_from is not None:
+        mean_table = load_embeddings(mean_from)
+        _check_dim(table, mean_table, "--mean-from")
+        mean = mean_embedding(mean_table)
+    unit = length_normalise(table.matrix if mean is None else table.matrix - mean)
+    if cohort is None:
+        return table, unit, None
+    cohort_table = load_embeddings(cohort)
+    _check_dim(table, cohort_table, "cohort")
+    cohort_emb = cohort_table.matrix if mean is None else cohort_table.matrix - mean
+    return table, unit, length_normalise(cohort_emb)
+
+
+def _score_list(
+    path: Path,
+    trial_list: list[Trial],
+    table: EmbeddingTable,
+    unit: np.ndarray,
+    unit_cohort: np.ndarray | None,
+    top_n: int | None,
+    skip_missing: bool,
+) -> tuple[list[Trial], np.ndarray, int]:
+    """Scores of one list: ``(trials scored, (T,) float64 scores, number skipped)``.
+
+    ``top_n`` None with a cohort means S-norm (the whole cohort).
+    """
+    enroll_idx, test_idx = _trial_indices(table.index, trial_list)
+    keep = (enroll_idx >= 0) & (test_idx >= 0)
+    num_skipped = int(keep.size - keep.sum())
+    if num_skipped:
+        missing = list(
+            dict.fromkeys(k for t in trial_list for k in (t.enroll, t.test) if k not in table.index)
+        )
+        first = ", ".join(repr(k) for k in missing[:3])
+        if not skip_missing:
+            raise InputError(
+                path,
+                f"{num_skipped} trial(s) use {len(missing)} key(s) without an "
+                f"embedding in {table.path} (first: {first}); pass --skip-missing to "
+                "score the rest",
+            )
+        if num_skipped == keep.size:
+            raise InputError(path, f"no trial has both embeddings in {table.path} (first missing: {first})")
+        trial_list = [t for t, k in zip(trial_list, keep, strict=True) if k]
+        enroll_idx, test_idx = enroll_idx[keep], test_idx[keep]
+    scores = cosine_pairs(unit, enroll_idx, test_idx, normalised=True)
+    if unit_cohort is not None:
+        scores = normalise_scores(scores, enroll_idx, test_idx, unit, unit_cohort, top_n)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        culprit = trial_list[int(np.argmax(bad))]
+        raise InputError(
+            table.path,
+            f"{int(bad.sum())} trial score(s) of {path.name} are NaN or "
+            f"infinite (first: {culprit.enroll} {culprit.test}): check the embeddings for NaN",
+        )
+    return trial_list, scores, num_skipped
+
+
 def score_trial_lists(
     trials: Sequence[str | Path],
     embeddings: str | Path,
@@ -224,60 +293,12 @@ def score_trial_lists(
     if out_dir is None and any(t[0].label is None for t in parsed):
         raise MemsvError("unlabelled trial lists only produce scores: pass --out-dir")
 
-    table = load_embeddings(embeddings)
-    emb = table.matrix
-    unit_cohort = None
-    if mean_from is not None:
-        mean_table = load_embeddings(mean_from)
-        _check_dim(table, mean_table, "--mean-from")
-        emb = emb - mean_embedding(mean_table)
-    else:
-        mean_table = None
-    unit = length_normalise(emb)
-    if cohort is not None:
-        cohort_table = load_embeddings(cohort)
-        _check_dim(table, cohort_table, "cohort")
-        cohort_emb = cohort_table.matrix
-        if mean_table is not None:
-            cohort_emb = cohort_emb - mean_embedding(mean_table)
-        unit_cohort = length_normalise(cohort_emb)
-
+    table, unit, unit_cohort = _prepare_embeddings(embeddings, mean_from, cohort)
     results = []
     for path, trial_list in zip(paths, parsed, strict=True):
-        enroll_idx, test_idx = _trial_indices(table.index, trial_list)
-        keep = (enroll_idx >= 0) & (test_idx >= 0)
-        num_skipped = int(keep.size - keep.sum())
-        if num_skipped:
-            missing = list(
-                dict.fromkeys(k for t in trial_list for k in (t.enroll, t.test) if k not in table.index)
-            )
-            first = ", ".join(repr(k) for k in missing[:3])
-            if not skip_missing:
-                raise InputError(
-                    path,
-                    f"{num_skipped} trial(s) use {len(missing)} key(s) without an "
-                    f"embedding in {table.path} (first: {first}); pass --skip-missing to "
-                    "score the rest",
-                )
-            if num_skipped == keep.size:
-                raise InputError(
-                    path, f"no trial has both embeddings in {table.path} (first missing: {first})"
-                )
-            trial_list = [t for t, k in zip(trial_list, keep, strict=True) if k]
-            enroll_idx, test_idx = enroll_idx[keep], test_idx[keep]
-        scores = cosine_pairs(unit, enroll_idx, test_idx, normalised=True)
-        if unit_cohort is not None:
-            scores = normalise_scores(
-                scores, enroll_idx, test_idx, unit, unit_cohort, top_n if norm == "asnorm" else None
-            )
-        bad = ~np.isfinite(scores)
-        if bad.any():
-            first = trial_list[int(np.argmax(bad))]
-            raise InputError(
-                table.path,
-                f"{int(bad.sum())} trial score(s) of {path.name} are NaN or "
-                f"infinite (first: {first.enroll} {first.test}): check the embeddings for NaN",
-            )
+        trial_list, scores, num_skipped = _score_list(
+            path, trial_list, table, unit, unit_cohort, top_n if norm == "asnorm" else None, skip_missing
+        )
         labelled = trial_list[0].label is not None
         labels = np.array([t.label for t in trial_list], dtype=np.bool_) if labelled else None
         metrics, rates, note = _metrics_or_note(scores, labels)
