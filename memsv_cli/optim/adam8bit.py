@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from memsv_cli.optim.base import Blockwise8bitOptimizer, reject_unsupported
-from memsv_cli.optim.fused import adam_chunk
+from memsv_cli.optim.fused import adam_chunk, fusable
 
 
 class Adam8bit(Blockwise8bitOptimizer):
@@ -100,13 +100,18 @@ class Adam8bit(Blockwise8bitOptimizer):
         bs = group["block_size"]
         eight = [p for p in params if self.uses_8bit(p, group)]
         workspaces = self.workspaces_for(eight, bs)
+        # fp32-state tensors (biases, BatchNorm, small layers) of one device go through one fused call.
+        batched: dict[torch.device, list[torch.Tensor]] = {}
         for p in params:
             state = self.init_state(p, group)
             state["step"] += 1
             step = state["step"]
             if not self.uses_8bit(p, group):
-                _adam_fp32(p, p.grad, state["exp_avg"], state["exp_avg_sq"], lr, beta1, beta2, eps, wd,
-                           decoupled, maximize, step)  # fmt: skip
+                if fusable(p, p.grad):
+                    batched.setdefault(p.device, []).append(p)
+                else:
+                    _adam_fp32(p, p.grad, state["exp_avg"], state["exp_avg_sq"], lr, beta1, beta2, eps, wd,
+                               decoupled, maximize, step)  # fmt: skip
                 continue
             ws = workspaces[p.device]
             signed, unsigned = self.tables(True, p.device), self.tables(False, p.device)
@@ -121,6 +126,14 @@ class Adam8bit(Blockwise8bitOptimizer):
                 )  # fmt: skip
             if flat_p.data_ptr() != p.data_ptr():
                 p.copy_(flat_p.view_as(p))
+        for device, ps in batched.items():
+            kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+            steps = [torch.tensor(float(self.state[p]["step"]), device=device) for p in ps]
+            kernel(
+                ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
+                [self.state[p]["exp_avg_sq"] for p in ps], [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                weight_decay=wd, eps=eps, amsgrad=False, maximize=maximize,
+            )  # fmt: skip
 
 
 class AdamW8bit(Adam8bit):

@@ -178,7 +178,7 @@ def adam_chunk(
     m, v, t = ws.s1[:padded], ws.s2[:padded], ws.tmp[:padded]
     dequantize_into(c1, a1, signed, m, ws.idx1)
     dequantize_into(c2, a2, unsigned, v, ws.idx1)
-    if use_fused and _fusable(param, grad):
+    if use_fused and fusable(param, grad):
         kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
         steps = torch.full((), float(step), dtype=torch.float32, device=param.device)
         kernel(
@@ -257,7 +257,7 @@ def sgd_chunk(
         buf[n:].zero_()  # the buffer is set from the gradient below; only the padding needs zeros
     else:
         dequantize_into(c1, a1, signed, buf, ws.idx1)
-    if use_fused and _fusable(param, grad):
+    if use_fused and fusable(param, grad):
         torch._fused_sgd_(
             [param], [grad], [buf[:n]], weight_decay=weight_decay, momentum=momentum, lr=lr,
             dampening=dampening, nesterov=nesterov, maximize=maximize, is_first_step=first_step,
@@ -283,7 +283,7 @@ def sgd_chunk(
     quantize_from(buf, a1, c1, signed, ws.tmp[:padded], ws.idx1, ws.idx2)
 
 
-def _fusable(param: torch.Tensor, grad: torch.Tensor) -> bool:
+def fusable(param: torch.Tensor, grad: torch.Tensor) -> bool:
     """torch's fused kernels need fp32 tensors of one dtype (our fp32 buffers) on a supported device."""
     return (
         hasattr(torch, "_fused_adam_")

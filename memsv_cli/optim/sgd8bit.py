@@ -13,7 +13,7 @@ import torch
 
 from memsv_cli.optim.adam8bit import _flat
 from memsv_cli.optim.base import Blockwise8bitOptimizer, reject_unsupported
-from memsv_cli.optim.fused import sgd_chunk
+from memsv_cli.optim.fused import fusable, sgd_chunk
 
 
 class SGD8bit(Blockwise8bitOptimizer):
@@ -82,13 +82,18 @@ class SGD8bit(Blockwise8bitOptimizer):
             return
         eight = [p for p in params if self.uses_8bit(p, group)]
         workspaces = self.workspaces_for(eight, bs)
+        # fp32-state tensors of one device (and first-step flag) go through one fused call.
+        batched: dict[tuple[torch.device, bool], list[torch.Tensor]] = {}
         for p in params:
             state = self.init_state(p, group)
             first = state["step"] == 0
             state["step"] += 1
             if not self.uses_8bit(p, group):
-                _sgd_fp32(p, p.grad, state["momentum_buffer"], lr, momentum, dampening, wd, nesterov,
-                          maximize, first)  # fmt: skip
+                if fusable(p, p.grad):
+                    batched.setdefault((p.device, first), []).append(p)
+                else:
+                    _sgd_fp32(p, p.grad, state["momentum_buffer"], lr, momentum, dampening, wd, nesterov,
+                              maximize, first)  # fmt: skip
                 continue
             ws = workspaces[p.device]
             signed = self.tables(True, p.device)
@@ -102,6 +107,12 @@ class SGD8bit(Blockwise8bitOptimizer):
                 )  # fmt: skip
             if flat_p.data_ptr() != p.data_ptr():
                 p.copy_(flat_p.view_as(p))
+        for (_, first), ps in batched.items():
+            torch._fused_sgd_(
+                ps, [p.grad for p in ps], [self.state[p]["momentum_buffer"] for p in ps], weight_decay=wd,
+                momentum=momentum, lr=lr, dampening=dampening, nesterov=nesterov, maximize=maximize,
+                is_first_step=first,
+            )  # fmt: skip
 
 
 def _sgd_fp32(
