@@ -43,7 +43,7 @@ from memsv_cli.train.schedulers import ExponentialDecrease, MarginScheduler, lr_
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class SpeakerNet(nn.Module):
+class TrainingNet(nn.Module):
     """Embedding model + AAM-softmax head as one module (so DDP syncs both in one pass).
 
     ``forward(feats (B, T, F), labels (B,)) -> logits (B, C)``.
@@ -66,7 +66,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch run now
     avg_model: Path | None = None
     curve: Path | None = None
-    net: SpeakerNet | None = None  # the trained model + head (this rank's copy)
+    net: TrainingNet | None = None  # the trained model + head (this rank's copy)
 
 
 class TrainLog:
@@ -197,7 +197,7 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 class TrainState:
     """Everything mutable during training, grouped so that save/load and run_epoch share one view."""
 
-    net: SpeakerNet
+    net: TrainingNet
     optimizer: torch.optim.Optimizer
     lr_sched: ExponentialDecrease
     margin_sched: MarginScheduler
@@ -400,7 +400,7 @@ def build_state(config: dict[str, Any], num_classes: int, num_items: int, info: 
         margin=mc["initial_margin"],
         easy_margin=hc["easy_margin"],
     )
-    net = SpeakerNet(model, head).to(info.device)
+    net = TrainingNet(model, head).to(info.device)
     optimizer = build_optimizer_for(config, net.parameters())
     sampler = ChunkBatchSampler(num_items, tc["batch_size"], seed, info.rank, info.world_size)
     steps = len(sampler)
@@ -432,7 +432,7 @@ def build_state(config: dict[str, Any], num_classes: int, num_items: int, info: 
     return TrainState(net, optimizer, lr_sched, margin_sched, scaler, sampler)
 
 
-def init_from_checkpoint(net: SpeakerNet, path: str, log: TrainLog) -> None:
+def init_from_checkpoint(net: TrainingNet, path: str, log: TrainLog) -> None:
     """Load ``train.init_model`` weights into the model (all keys must match) and, when the checkpoint
     holds a head of the same shape, into the head (otherwise the head stays freshly initialised)."""
     payload = load_checkpoint(path)
@@ -514,7 +514,7 @@ def _train(
     payload = None
     if resume and existing:
         last = existing[max(existing)]
-        payload = load_checkpoint(last, map_location=info.device)
+        payload = load_checkpoint(last)  # on CPU: RNG states must stay CPU tensors; weights are copied
         _check_resume_config(last, payload["config"], config)
     log = TrainLog(exp_dir, info.is_main)
     if info.is_main:
