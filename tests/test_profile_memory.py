@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from memsv_cli.cli import main
 from memsv_cli.models import get_model
@@ -175,3 +176,19 @@ def test_cli_bad_input_is_a_one_line_error(
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_optimizer_state_bytes_agree_with_the_optimizers_own_count() -> None:
+    """The profiler counts the 8-bit optimizer's real state tensors (codes, absmax, small fp32 states):
+    its figure equals ``optimizer_state_bytes`` up to the allocator's 512-byte rounding per tensor."""
+    from memsv_cli.optim import optimizer_state_bytes
+    from memsv_cli.profile.step import TrainingStep
+
+    setup = StepSetup(**TINY, optimizer="adam8bit")
+    step = TrainingStep.build(_tiny("resnet18", 8), setup)
+    step.warm_up_optimizer()
+    tensors = [t for s in step.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    exact = optimizer_state_bytes(step.optimizer)
+    profiled = measure_step(_tiny("resnet18", 8), setup, "meta").optimizer_states
+    assert exact <= profiled < exact + 512 * len(tensors)
+    assert any(t.dtype == torch.uint8 for t in tensors)  # the setup really has 8-bit states

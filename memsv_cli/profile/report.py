@@ -174,7 +174,7 @@ def render(report: ProfileReport, console: Console) -> None:
             row.append(format_bytes(base[key]))
         row.append(format_bytes(this[key]))
         if base is not None:
-            row.append(f"{base[key] / this[key]:.2f}x" if this[key] else "-")
+            row.append(f"{base[key] / this[key]:.2f}x" if this[key] and base[key] else "-")
         table.add_row(*row, end_section=key == "other")
     console.print(table)
     if report.gpu_memory is not None:
