@@ -485,3 +485,24 @@ def test_low_precision_params_keep_fp32_maths_and_leave_gradients_untouched():
         before = q.grad.clone()
         opt32.step()  # fused kernel path for fp32
         assert torch.equal(q.grad, before)
+
+
+def test_grad_scaler_skips_a_step_with_inf_gradients_leaving_8bit_state_untouched():
+    p = nn.Parameter(torch.randn(5000))
+    opt = Adam8bit([p])
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    for bad in (False, True, False):
+        opt.zero_grad()
+        loss = (p * torch.randn(5000)).sum()
+        scaler.scale(loss).backward()
+        if bad:
+            p.grad[17] = float("inf")
+            before_p = p.detach().clone()
+            before_q = {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        scaler.step(opt)
+        scaler.update()
+        if bad:
+            assert torch.equal(p.detach(), before_p)
+            assert all(torch.equal(opt.state[p][k], v) for k, v in before_q.items())
+    assert opt.state[p]["step"] == 2
+    assert bool(torch.isfinite(p).all())
