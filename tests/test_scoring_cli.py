@@ -335,3 +335,24 @@ def test_key_rows_marks_missing_keys() -> None:
 def test_unknown_option_is_a_usage_error_without_traceback(capsys) -> None:
     code, _, err = _run(["score", "--bogus"], capsys)
     assert code == 2 and "No such option: --bogus" in err and "Traceback" not in err
+
+
+def test_relative_ark_paths_resolve_against_the_scp_directory(tmp_path, monkeypatch) -> None:
+    emb_dir = tmp_path / "exp" / "embeddings"
+    emb_dir.mkdir(parents=True)
+    monkeypatch.chdir(emb_dir)
+    with kaldiio.WriteHelper("ark,scp:xvector.ark,xvector.scp") as writer:  # relative, Kaldi style
+        writer("a", np.ones(4, dtype=np.float32))
+        writer("b", np.arange(4, dtype=np.float32))
+    monkeypatch.chdir(tmp_path)
+    table = load_embeddings(emb_dir / "xvector.scp")
+    assert table.keys == ["a", "b"]
+    np.testing.assert_array_equal(table.matrix[1], np.arange(4))
+
+
+def test_scoring_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, memsv_cli.commands.score; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -10,6 +10,7 @@ Score files are ``<enroll> <test> <score> [target|nontarget]``, one per trial li
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import kaldiio
 import numpy as np
 
 from memsv_cli.atomic import write_text_atomic
-from memsv_cli.data.kaldi_dir import NONTARGET, TARGET, Trial, read_trials
+from memsv_cli.data.kaldi_dir import NONTARGET, TARGET, Trial, read_table, read_trials
 from memsv_cli.errors import InputError, MemsvError
 from memsv_cli.scoring.metrics import ErrorRates, Metrics, compute_metrics
 from memsv_cli.scoring.norm import cosine_pairs, length_normalise, normalise_scores
@@ -47,43 +48,60 @@ class EmbeddingTable:
         return int(self.matrix.shape[1])
 
 
+def _read_vector_scp(path: Path) -> dict[str, str]:
+    """``<key> <ark>:<offset>`` -> key to rxspecifier, with the relative-path rule of ``feats.scp``
+    (``memsv_cli.data.dataset.read_feats_scp``; not imported from there because that module loads
+    torch, which scoring never needs)."""
+    table = read_table(path)
+    for key, spec in table.items():
+        ark, sep, offset = spec.rpartition(":")
+        if not sep or not offset.isdigit():
+            raise InputError(path, f"entry of {key!r} is not 'ark_path:offset': {spec!r}")
+        if not os.path.isabs(ark) and not os.path.exists(ark) and (path.parent / ark).exists():
+            table[key] = f"{path.parent / ark}:{offset}"
+    return table
+
+
 def load_embeddings(path: str | Path) -> EmbeddingTable:
-    """Read every vector of a Kaldi ``xvector.scp`` (sequentially: one pass over each ark).
+    """Read every vector of a Kaldi ``xvector.scp`` (``<key> <ark>:<offset>`` lines).
+
+    A relative ark path that does not exist from the current directory is taken relative to the scp's
+    directory (as for ``feats.scp``), so an experiment directory can be scored from anywhere.
 
     Raises:
-        InputError: missing or empty scp, unreadable entry, duplicate key, an entry that is not a
-            vector, or vectors of different dimensions.
+        InputError: missing or empty scp, malformed line, duplicate key, unreadable entry, an entry
+            that is not a vector, or vectors of different dimensions.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such embedding file")
-    keys: list[str] = []
-    index: dict[str, int] = {}
+    arks = _read_vector_scp(path)
+    if not arks:
+        raise InputError(path, "empty: no embeddings")
+    keys = list(arks)
     rows: list[np.ndarray] = []
-    dim: int | None = None
+    fds: dict[str, object] = {}  # open arks, kept across entries (kaldiio fd_dict)
     try:
-        for key, vec in kaldiio.load_scp_sequential(str(path)):
-            vec = np.asarray(vec)
+        for key in keys:
+            try:
+                vec = np.asarray(kaldiio.load_mat(arks[key], fd_dict=fds))
+            except Exception as err:  # kaldiio raises assorted errors for bad paths, offsets and headers
+                raise InputError(
+                    path, f"cannot read the embedding of {key!r} ({type(err).__name__}: {err})"
+                ) from None
             if vec.ndim != 1:
                 raise InputError(path, f"entry {key!r} is a {vec.shape} matrix, not an embedding vector")
-            if dim is None:
-                dim = vec.shape[0]
-            elif vec.shape[0] != dim:
+            if rows and vec.shape[0] != rows[0].shape[0]:
                 raise InputError(
-                    path, f"embedding dimension mismatch: {key!r} has {vec.shape[0]}, {keys[0]!r} has {dim}"
+                    path,
+                    f"embedding dimension mismatch: {key!r} has {vec.shape[0]}, {keys[0]!r} has "
+                    f"{rows[0].shape[0]}",
                 )
-            if key in index:
-                raise InputError(path, f"duplicate key {key!r}")
-            index[key] = len(keys)
-            keys.append(key)
             rows.append(vec)
-    except MemsvError:
-        raise
-    except Exception as err:  # kaldiio raises assorted errors for bad paths, offsets and headers
-        where = f" after {keys[-1]!r}" if keys else ""
-        raise InputError(path, f"cannot read embeddings{where} ({type(err).__name__}: {err})") from None
-    if not rows:
-        raise InputError(path, "empty: no embeddings")
+    finally:
+        for fd in fds.values():
+            fd.close()  # type: ignore[attr-defined]
+    index = {k: i for i, k in enumerate(keys)}
     return EmbeddingTable(path, keys, index, np.stack(rows).astype(np.float32, copy=False))
 
 
