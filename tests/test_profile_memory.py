@@ -166,6 +166,7 @@ def test_cli_table_and_compare_none(capsys: pytest.CaptureFixture) -> None:
         (["--model", "resnet18", "--device", "tpu"], "unknown device 'tpu'"),
         (["--model", "resnet18", "--batch-size", "0"], "batch-size must be at least 1"),
         (["--model", "resnet18", "--gpu-memory", "lots"], "cannot read memory size 'lots'"),
+        (["--model", "resnet18", "--device", "cuda"], "no CUDA device is available"),  # conftest hides GPUs
     ],
 )
 def test_cli_bad_input_is_a_one_line_error(
