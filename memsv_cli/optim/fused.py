@@ -19,7 +19,7 @@ import torch
 
 from memsv_cli.optim.quant import create_dynamic_map, map_midpoints
 
-# Elements per chunk: 2**18 keeps the work buffers at ~6.5 MB (see Workspace), small enough to stay in
+# Elements per chunk: 2**18 keeps the work buffers at 6 MB (see Workspace), small enough to stay in
 # cache between the ops of one chunk, large enough that per-op overhead is negligible (measured best
 # of 2**16..2**20 on CPU).
 CHUNK_ELEMENTS = 1 << 18
@@ -65,8 +65,8 @@ class QuantTables:
 class Workspace:
     """Reusable fp32/int32 buffers for one chunk: the only large memory a ``step()`` allocates.
 
-    Size: 4 fp32 + 2 int32 buffers of ``capacity`` elements, plus a bool temporary inside the
-    quantiser: ``25 * capacity`` bytes, i.e. ~6.5 MB for the default 2**18-element chunk.
+    Size: 4 fp32 + 2 int32 buffers of ``capacity`` elements, ``24 * capacity`` bytes, i.e. 6 MB for the
+    default 2**18-element chunk; other temporaries are per block (``capacity / block_size`` floats).
     """
 
     def __init__(self, capacity: int, device: torch.device) -> None:
@@ -81,8 +81,8 @@ class Workspace:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the buffers plus the quantiser's bool temporary."""
-        return self.capacity * (4 * 4 + 2 * 4 + 1)
+        """Bytes held by the buffers."""
+        return self.capacity * (4 * 4 + 2 * 4)
 
 
 def dequantize_into(
