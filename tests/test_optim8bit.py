@@ -18,6 +18,7 @@ from memsv_cli.optim import (
     SGD8bit,
     UnsupportedOptimizerArgument,
     build_optimizer,
+    estimate_state_bytes,
     optimizer_state_bytes,
 )
 from memsv_cli.optim.fused import Workspace
@@ -506,3 +507,19 @@ def test_grad_scaler_skips_a_step_with_inf_gradients_leaving_8bit_state_untouche
             assert all(torch.equal(opt.state[p][k], v) for k, v in before_q.items())
     assert opt.state[p]["step"] == 2
     assert bool(torch.isfinite(p).all())
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgd8bit", "adam", "adam8bit", "adamw", "adamw8bit"])
+def test_estimated_state_bytes_equal_measured_and_need_no_allocation(name):
+    kw = {"lr": 0.1, "momentum": 0.9} if name.startswith("sgd") else {}
+    shapes = [(64, 100), (300,), (4096,), (4095,), (3, 3, 32, 32)]
+    params = [nn.Parameter(torch.randn(s)) for s in shapes]
+    groups = [{"params": params[:3]}, {"params": params[3:], "weight_decay": 0.1}]
+    if name.endswith("8bit"):
+        groups[1]["optim_bits"] = 32
+    opt = build_optimizer(name, groups, **kw)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    meta = [{**g, "params": [torch.empty(p.shape, device="meta") for p in g["params"]]} for g in groups]
+    assert estimate_state_bytes(name, meta, **kw) == optimizer_state_bytes(opt)

@@ -22,6 +22,7 @@ from memsv_cli.optim.quant import (
     MAP_VERSION,
     create_dynamic_map,
     dequantize_blockwise,
+    num_blocks,
     quantize_blockwise,
 )
 from memsv_cli.optim.sgd8bit import SGD8bit
@@ -37,6 +38,7 @@ __all__ = [
     "build_optimizer",
     "create_dynamic_map",
     "dequantize_blockwise",
+    "estimate_state_bytes",
     "optimizer_state_bytes",
     "quantize_blockwise",
 ]
@@ -72,3 +74,37 @@ def build_optimizer(name: str, params: Any, **kwargs: Any) -> torch.optim.Optimi
         return OPTIMIZERS[key](params, **kwargs)
     except TypeError as err:
         raise MemsvError(f"optimizer '{name}': {err}") from err
+
+
+def estimate_state_bytes(name: str, params: Any, **kwargs: Any) -> int:
+    """Bytes :func:`optimizer_state_bytes` will report once every parameter has taken a step.
+
+    Computed from shapes and dtypes without allocating any state (``params`` may live on the meta
+    device), for memory planning. ``name`` and ``kwargs`` as :func:`build_optimizer`; only plain
+    parameter lists or param groups whose options are given in ``kwargs`` are honoured per group.
+    """
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise MemsvError(f"unknown optimizer '{name}'; choose one of: {', '.join(OPTIMIZERS)}")
+    groups = list(params)
+    if not groups or not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    total = 0
+    for group in groups:
+        opts = {**kwargs, **{k: v for k, v in group.items() if k != "params"}}
+        if key.startswith("sgd"):
+            if float(opts.get("momentum", 0.0)) == 0.0:
+                continue
+            n_states, step_bytes = 1, 0  # our int step and torch's SGD keep no step tensor
+        else:
+            n_states, step_bytes = 2, (0 if key.endswith("8bit") else 4)  # torch: fp32 scalar step
+        block = opts.get("block_size", 256)
+        min_8bit = opts.get("min_8bit_size", 4096)
+        eight = key.endswith("8bit") and opts.get("optim_bits", 8) == 8
+        for p in group["params"]:
+            n = p.numel()
+            if eight and n >= min_8bit:
+                total += n_states * (n + 4 * num_blocks(n, block))
+            else:
+                total += n_states * n * p.element_size() + step_bytes
+    return total
