@@ -225,3 +225,15 @@ def test_nan_features_are_reported_with_the_utterance(exp) -> None:
     with pytest.raises(MemsvError, match="NaN/inf embedding for 'spkB/u3'"):
         extract_embeddings(exp["ckpt"], feats, exp["dir"] / "e", progress=False)
     assert not (exp["dir"] / "e" / "xvector.scp").exists()
+
+
+def test_device_choice_is_validated() -> None:
+    from memsv_cli.embed import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(MemsvError, match="auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MemsvError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+        assert resolve_device("auto") == torch.device("cpu")
