@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import kaldiio
 import numpy as np
@@ -86,16 +88,30 @@ class _BatchReader(Dataset):
 
     def __init__(self, batches: list[list[str]], arks: Mapping[str, str], scp: Path) -> None:
         self.batches, self.arks, self.scp = batches, dict(arks), scp
+        self._fds: dict[str, Any] = {}  # open arks of this process (kaldiio fd_dict)
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.batches)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fds"] = {}  # open files do not pickle (spawned workers open their own)
+        return state
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            fd.close()
+        self._fds = {}
+
     def __getitem__(self, index: int) -> tuple[list[str], torch.Tensor]:
+        if self._pid != os.getpid():  # forked worker: never share a file offset with the parent
+            self._fds, self._pid = {}, os.getpid()
         utts = self.batches[index]
         mats = []
         for utt in utts:
             try:
-                mat = kaldiio.load_mat(self.arks[utt])
+                mat = kaldiio.load_mat(self.arks[utt], fd_dict=self._fds)
             except Exception as err:
                 raise MemsvError(
                     f"{self.scp}: cannot read features of {utt!r} ({type(err).__name__}: {err})"
@@ -118,10 +134,13 @@ def _utterance_lengths(feats_dir: Path, arks: Mapping[str, str]) -> dict[str, in
         if missing:
             raise InputError(path, f"{len(missing)} utterance(s) of feats.scp missing, first {missing[0]!r}")
         return {u: lengths[u] for u in arks}
-    lengths = {}
-    for utt, mat in kaldiio.load_scp_sequential(str(feats_dir / "feats.scp")):
-        lengths[utt] = int(mat.shape[0])
-    return lengths
+    # No utt2num_frames: read every matrix once just for its length (slower, but always possible).
+    fds: dict[str, Any] = {}
+    try:
+        return {u: int(kaldiio.load_mat(spec, fd_dict=fds).shape[0]) for u, spec in arks.items()}
+    finally:
+        for fd in fds.values():
+            fd.close()
 
 
 @torch.inference_mode()
@@ -242,9 +261,13 @@ def extract_embeddings(
     torch_device = resolve_device(device)
     model, _config = load_model_from_checkpoint(checkpoint, torch_device)
     lengths = _utterance_lengths(feats_dir, arks)
+    empty = [u for u, n in lengths.items() if n == 0]
+    if empty:
+        raise InputError(scp, f"{len(empty)} utterance(s) have no frames, first {empty[0]!r}")
     batches = plan_batches(lengths, batch_size, max_batch_frames)
+    reader = _BatchReader(batches, arks, scp)
     loader = DataLoader(
-        _BatchReader(batches, arks, scp),
+        reader,
         batch_size=None,
         shuffle=False,
         num_workers=nj,
@@ -264,9 +287,12 @@ def extract_embeddings(
         disable=not progress,
     ) as bar:
         task = bar.add_task("embed", total=len(arks))
-        vectors = embed_batches(
-            model, iter(loader), torch_device, on_batch=lambda n: bar.update(task, advance=n)
-        )
+        try:
+            vectors = embed_batches(
+                model, iter(loader), torch_device, on_batch=lambda n: bar.update(task, advance=n)
+            )
+        finally:
+            reader.close()
     xvector_scp = write_vectors(out_dir, "xvector", vectors)
     spk_scp, num_spk = None, None
     if utt2spk is not None:
