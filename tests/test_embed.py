@@ -237,3 +237,13 @@ def test_device_choice_is_validated() -> None:
         with pytest.raises(MemsvError, match="CUDA is not available"):
             resolve_device("cuda:0")
         assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_empty_utterance_is_rejected_before_extraction(exp) -> None:
+    feats = exp["dir"] / "emptyfeats"
+    feats.mkdir()
+    with kaldiio.WriteHelper(f"ark,scp:{feats / 'feats.ark'},{feats / 'feats.scp'}") as writer:
+        writer("a", np.zeros((0, FEAT_DIM), dtype=np.float32))
+        writer("b", np.ones((20, FEAT_DIM), dtype=np.float32))
+    with pytest.raises(MemsvError, match="1 utterance\\(s\\) have no frames, first 'a'"):
+        extract_embeddings(exp["ckpt"], feats, exp["dir"] / "e", progress=False)
