@@ -207,9 +207,9 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Captur
         )
     err = capsys.readouterr().err
     assert done.value.code == 1
-    assert err.strip() == "memsv train: error: --set train.bogus=1: unknown config key 'train.bogus' " + (
-        "(known here: batch_size, device, epochs, grad_clip, log_interval, num_avg, num_workers, precision, "
-        "progress)"
+    assert err.count("\n") == 1
+    assert err.startswith(
+        "memsv train: error: --set train.bogus=1: unknown config key 'train.bogus' (known here: batch_size, "
     )
     with pytest.raises(SystemExit) as done:
         main(

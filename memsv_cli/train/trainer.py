@@ -303,8 +303,10 @@ def run_epoch(
                 torch.tensor(float(labels.numel()), dtype=torch.float64, device=device),
                 (~torch.isfinite(loss.detach())).double(),
             ]
-        ).cpu()
-        all_reduce_sum(stats, info)  # every rank learns of a bad loss anywhere, so none hangs in backward
+        )
+        # reduced on the device (nccl needs CUDA tensors); every rank learns of a bad loss anywhere, so
+        # none is left waiting in backward's gradient all-reduce
+        stats = all_reduce_sum(stats, info).cpu()
         if stats[3] > 0:
             raise NonFiniteLoss(
                 f"loss became non-finite at epoch {epoch + 1}, step {i + 1} (lr {lr:.3g}, precision "
@@ -354,7 +356,7 @@ def run_epoch(
             window.zero_()
     seconds = time.perf_counter() - start
     mem, mem_kind = peak_memory(device)
-    mem_t = torch.tensor([float(mem)], dtype=torch.float64)
+    mem_t = torch.tensor([float(mem)], dtype=torch.float64, device=device)
     if info.enabled:
         dist.all_reduce(mem_t, op=dist.ReduceOp.MAX)
     state.epoch += 1
