@@ -214,7 +214,7 @@ def extract_embeddings(
     feats_dir: str | Path,
     out_dir: str | Path,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     max_batch_frames: int = 64_000,
     nj: int = 0,
     device: str = "auto",
@@ -227,7 +227,8 @@ def extract_embeddings(
         checkpoint: ``avg_model.pt`` or ``epoch_N.pt``; the model is built from its saved config.
         feats_dir: directory with ``feats.scp`` (and ``utt2num_frames``; ``utt2spk`` for ``spk_mean``).
         out_dir: receives ``xvector.{ark,scp}`` (and ``spk_xvector.{ark,scp}``).
-        batch_size: utterances per batch (only identical lengths are batched together).
+        batch_size: utterances per batch (only identical lengths are batched together); None: 64 on
+            CUDA, 1 on CPU, where batching measured no faster (benchmarks/scoring.py --embed).
         max_batch_frames: frames per batch cap (memory bound for long utterances).
         nj: feature-reading worker processes (0 reads in the main process).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -264,6 +265,8 @@ def extract_embeddings(
     empty = [u for u, n in lengths.items() if n == 0]
     if empty:
         raise InputError(scp, f"{len(empty)} utterance(s) have no frames, first {empty[0]!r}")
+    if batch_size is None:
+        batch_size = 64 if torch_device.type == "cuda" else 1
     batches = plan_batches(lengths, batch_size, max_batch_frames)
     reader = _BatchReader(batches, arks, scp)
     loader = DataLoader(

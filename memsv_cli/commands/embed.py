@@ -19,11 +19,12 @@ def extract_embeddings_command(
         ..., "--data", help="Features dir: feats.scp (+ utt2num_frames; utt2spk for --spk-mean)."
     ),
     out: Path = typer.Option(..., "--out", help="Output dir for xvector.ark/scp."),
-    batch_size: int = typer.Option(
-        64,
+    batch_size: int | None = typer.Option(
+        None,
         "--batch-size",
-        help="Utterances per batch (only utterances of "
-        "identical length share a batch, so results equal one-by-one).",
+        help="Utterances per batch; only utterances of identical length share a batch, so results "
+        "equal one-by-one. Default: 64 on CUDA, 1 on CPU (batching is no faster there).",
+        show_default=False,
     ),
     max_batch_frames: int = typer.Option(
         64_000, "--max-batch-frames", help="Frames per batch cap; longer utterances run one by one."
