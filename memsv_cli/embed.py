@@ -177,7 +177,8 @@ def embed_batches(
 def write_vectors(out_dir: Path, name: str, vectors: Mapping[str, np.ndarray]) -> Path:
     """Write ``<name>.ark`` and ``<name>.scp`` (C-locale key order); the scp appears last."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    scp, ark = out_dir / f"{name}.scp", out_dir / f"{name}.ark"
+    # Absolute ark paths in the scp (as extract-fbank writes feats.scp): valid from any directory.
+    scp, ark = out_dir / f"{name}.scp", (out_dir / f"{name}.ark").resolve()
     scp.unlink(missing_ok=True)  # the old scp would point into the ark about to be overwritten
     with atomic_path(scp) as tmp_scp, kaldiio.WriteHelper(f"ark,scp:{ark},{tmp_scp}") as writer:
         for key in c_sorted(vectors):

@@ -127,6 +127,9 @@ def test_rerun_replaces_outputs_and_leaves_no_temporary_files(exp) -> None:
     (out / "xvector.scp").write_text("stale 0\n")
     extract_embeddings(exp["ckpt"], exp["feats"], out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["xvector.ark", "xvector.scp"]
+    # Absolute ark paths (as feats.scp from extract-fbank): the scp works from any directory.
+    first_line = (out / "xvector.scp").read_text().splitlines()[0]
+    assert first_line.split()[1].startswith(str((out / "xvector.ark").resolve()) + ":")
     assert list(_read(out / "xvector.scp")) == sorted(LENGTHS)
 
 

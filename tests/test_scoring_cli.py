@@ -356,3 +356,14 @@ def test_scoring_never_imports_torch() -> None:
 
     code = "import sys, memsv_cli.commands.score; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_moved_embedding_directory_still_loads(tmp_path) -> None:
+    old = tmp_path / "cluster" / "emb"
+    old.mkdir(parents=True)
+    _write_scp(old / "xvector.scp", {"a": np.ones(4), "b": np.arange(4)})  # absolute ark paths
+    new = tmp_path / "laptop" / "emb"
+    new.parent.mkdir()
+    old.rename(new)
+    table = load_embeddings(new / "xvector.scp")
+    np.testing.assert_array_equal(table.matrix[table.index["b"]], np.arange(4))

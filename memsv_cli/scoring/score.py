@@ -49,24 +49,33 @@ class EmbeddingTable:
 
 
 def _read_vector_scp(path: Path) -> dict[str, str]:
-    """``<key> <ark>:<offset>`` -> key to rxspecifier, with the relative-path rule of ``feats.scp``
-    (``memsv_cli.data.dataset.read_feats_scp``; not imported from there because that module loads
-    torch, which scoring never needs)."""
+    """``<key> <ark>:<offset>`` lines -> key to ``ark:offset``, with missing arks looked up next to the scp.
+
+    An ark path that does not exist as written is tried relative to the scp's directory (the rule of
+    ``memsv_cli.data.dataset.read_feats_scp``, not imported because that module loads torch) and then
+    as a file of the same name beside the scp, so a copied or moved experiment directory still scores.
+    """
     table = read_table(path)
+    resolved: dict[str, str] = {}  # one file-system check per distinct ark, not per entry
     for key, spec in table.items():
         ark, sep, offset = spec.rpartition(":")
         if not sep or not offset.isdigit():
             raise InputError(path, f"entry of {key!r} is not 'ark_path:offset': {spec!r}")
-        if not os.path.isabs(ark) and not os.path.exists(ark) and (path.parent / ark).exists():
-            table[key] = f"{path.parent / ark}:{offset}"
+        if ark not in resolved:
+            resolved[ark] = ark
+            if not os.path.exists(ark):
+                candidates = [path.parent / Path(ark).name]
+                if not os.path.isabs(ark):
+                    candidates.insert(0, path.parent / ark)
+                resolved[ark] = str(next((c for c in candidates if c.exists()), ark))
+        table[key] = f"{resolved[ark]}:{offset}"
     return table
 
 
 def load_embeddings(path: str | Path) -> EmbeddingTable:
     """Read every vector of a Kaldi ``xvector.scp`` (``<key> <ark>:<offset>`` lines).
 
-    A relative ark path that does not exist from the current directory is taken relative to the scp's
-    directory (as for ``feats.scp``), so an experiment directory can be scored from anywhere.
+    Ark paths that do not exist as written are looked up next to the scp (see ``_read_vector_scp``).
 
     Raises:
         InputError: missing or empty scp, malformed line, duplicate key, unreadable entry, an entry
