@@ -182,6 +182,15 @@ def test_failed_parallel_run_names_the_utterance_and_cleans_up(tmp_path):
     assert not (out / "feats.scp").exists() and not list(out.glob("*.ark"))
 
 
+def test_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
+    # The pipe's shell kills its parent: the worker process, as the kernel's OOM killer would.
+    data = _data_dir(tmp_path, n=4, entries={"spk1/vid/99999": "kill -9 $PPID |"})
+    out = tmp_path / "fbank"
+    with pytest.raises(MemsvError, match=r"extract-fbank job 2 died \(exit code -9"):
+        extract_fbank(data, out, nj=2)
+    assert not (out / "feats.scp").exists() and not list(out.glob("*.ark"))
+
+
 def test_bad_options_are_rejected_before_any_work(tmp_path):
     data = _data_dir(tmp_path, n=1)
     with pytest.raises(MemsvError, match="--nj must be at least 1"):

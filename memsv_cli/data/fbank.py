@@ -193,12 +193,7 @@ class FbankSummary:
     num_jobs: int
 
 
-_progress_queue = None  # set in worker processes only (by _init_worker)
-
-
-def _init_worker(queue) -> None:  # noqa: ANN001 - a multiprocessing queue proxy
-    global _progress_queue
-    _progress_queue = queue
+_progress_queue = None  # set in worker processes only (by _worker_main)
 
 
 def _run_job(job: _Job, report: Callable[[int], None] | None = None) -> tuple[dict[str, int], int]:
@@ -229,13 +224,23 @@ def _run_job(job: _Job, report: Callable[[int], None] | None = None) -> tuple[di
     return frames, total_samples
 
 
-def _run_job_in_worker(job: _Job) -> tuple[dict[str, int], int]:
+def _worker_main(job: _Job, progress_queue, result_queue) -> None:  # noqa: ANN001 - mp queues
+    """Body of one worker process: run the job, send back ``(index, kind, payload)``.
+
+    ``kind`` is ``ok`` (payload: the job's result), ``input`` (a user error: its one-line message) or
+    ``bug`` (anything else, with its traceback as text). ``InputError`` is sent as text because its
+    constructor takes (path, problem, line) and does not survive unpickling.
+    """
+    global _progress_queue
+    _progress_queue = progress_queue
     try:
-        return _run_job(job)
+        result_queue.put((job.index, "ok", _run_job(job)))
     except MemsvError as err:
-        # InputError's constructor takes (path, problem, line): it does not survive unpickling in the
-        # parent, so cross the process boundary as a plain MemsvError with the same one-line message.
-        raise MemsvError(str(err)) from None
+        result_queue.put((job.index, "input", str(err)))
+    except Exception:
+        import traceback
+
+        result_queue.put((job.index, "bug", traceback.format_exc()))
 
 
 _JOB_ARK = re.compile(r"^feats(\.\d+)?\.ark$")
@@ -365,29 +370,50 @@ def extract_fbank(
 
 
 def _run_parallel(jobs: Sequence[_Job], report: Callable[[int], None]) -> list[tuple[dict[str, int], int]]:
-    """Run each job in its own worker process; on the first failure stop all workers and re-raise."""
+    """Run each job in its own worker process; on the first failure stop all workers and raise.
+
+    A worker that dies without reporting (killed, out of memory) is an error too, never a hang.
+    """
     # fork where the platform has it (as torch's DataLoader does): workers start in milliseconds instead of
     # re-importing the CLI (typer, torch) as spawn would. The workers only run numpy, soundfile and
     # kaldi-native-fbank, none of which relies on threads the parent may have started.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    queue = ctx.Queue()
-    pool = ctx.Pool(len(jobs), initializer=_init_worker, initargs=(queue,))
+    progress_queue, result_queue = ctx.Queue(), ctx.Queue()
+    procs = {
+        job.index: ctx.Process(target=_worker_main, args=(job, progress_queue, result_queue), daemon=True)
+        for job in jobs
+    }
+    results: dict[int, tuple[dict[str, int], int]] = {}
     try:
-        pending = [pool.apply_async(_run_job_in_worker, (job,)) for job in jobs]
-        while True:
+        for proc in procs.values():
+            proc.start()
+        while len(results) < len(jobs):
             with contextlib.suppress(queue_module.Empty):
                 while True:
-                    report(queue.get(timeout=0.1))
-            for result in pending:
-                if result.ready() and not result.successful():
-                    result.get()  # re-raises the worker's error
-            if all(result.ready() for result in pending):
-                break
+                    report(progress_queue.get(timeout=0.05))
+            with contextlib.suppress(queue_module.Empty):
+                while True:
+                    index, kind, payload = result_queue.get_nowait()
+                    if kind == "input":
+                        raise MemsvError(payload)
+                    if kind == "bug":
+                        raise RuntimeError(f"extract-fbank job {index} failed:\n{payload}")
+                    results[index] = payload
+            for index, proc in procs.items():
+                # Checked after draining the results: a worker reports, then exits 0.
+                if index not in results and proc.exitcode not in (None, 0) and result_queue.empty():
+                    raise MemsvError(
+                        f"extract-fbank job {index} died (exit code {proc.exitcode}; out of memory or killed)"
+                    )
         with contextlib.suppress(queue_module.Empty):
             while True:
-                report(queue.get_nowait())
-        return [result.get() for result in pending]
+                report(progress_queue.get_nowait())
+        return [results[job.index] for job in jobs]
     finally:
-        # terminate, not close: after an error or Ctrl-C the other workers must not keep writing arks.
-        pool.terminate()
-        pool.join()
+        # After an error or Ctrl-C the other workers must not keep writing arks.
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs.values():
+            if proc.pid is not None:
+                proc.join()
