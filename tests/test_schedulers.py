@@ -101,3 +101,14 @@ def test_aam_margin_lowers_only_the_target_logit_by_the_angle() -> None:
         assert out[b, y] == pytest.approx(math.cos(theta + 0.3), abs=1e-5)
         others = [c for c in range(5) if c != y]
         torch.testing.assert_close(out[b, others], cos[b, others])
+
+
+def test_aam_head_stays_fp32_under_autocast_and_returns_plain_cosines() -> None:
+    head = AAMSoftmax(8, 5, scale=32.0, margin=0.2)
+    emb, labels = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    ref_logits, ref_cos = head(emb, labels, return_cosine=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, cos = head(emb, labels, return_cosine=True)
+    assert logits.dtype == cos.dtype == torch.float32
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(cos, F.linear(F.normalize(emb), F.normalize(head.weight)).detach())

@@ -50,16 +50,25 @@ class AAMSoftmax(nn.Module):
         self._th = math.cos(math.pi - self.margin)
         self._mm = math.sin(math.pi - self.margin) * self.margin
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, return_cosine: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Margin-adjusted, scaled logits.
 
         Args:
             embeddings: (B, E), any scale (normalised here).
             labels: (B,) int64 class indices in [0, C).
+            return_cosine: also return the plain cosines (B, C), e.g. for margin-free accuracy.
         Returns:
-            (B, C) logits for cross-entropy (fp32 even under autocast: the angle arithmetic needs it).
+            (B, C) logits for cross-entropy, fp32 even under autocast (autocast is switched off here:
+            the angle arithmetic near cos = +-1 needs fp32); with ``return_cosine`` (logits, cosine).
         """
-        cosine = F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float()))
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits, cosine = self._logits(embeddings.float(), labels)
+        return (logits, cosine) if return_cosine else logits
+
+    def _logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight.float()))
         # clamp keeps sqrt's gradient finite at |cos| = 1
         sine = torch.sqrt((1.0 - cosine * cosine).clamp(min=1e-7, max=1.0))
         phi = cosine * self._cos_m - sine * self._sin_m  # cos(theta + m)
@@ -68,7 +77,7 @@ class AAMSoftmax(nn.Module):
         else:
             phi = torch.where(cosine > self._th, phi, cosine - self._mm)
         one_hot = F.one_hot(labels, self.num_classes).to(cosine.dtype)
-        return self.scale * (one_hot * phi + (1.0 - one_hot) * cosine)
+        return self.scale * (one_hot * phi + (1.0 - one_hot) * cosine), cosine.detach()
 
     def extra_repr(self) -> str:
         return (

@@ -46,15 +46,15 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class TrainingNet(nn.Module):
     """Embedding model + AAM-softmax head as one module (so DDP syncs both in one pass).
 
-    ``forward(feats (B, T, F), labels (B,)) -> logits (B, C)``.
+    ``forward(feats (B, T, F), labels (B,)) -> (margin logits (B, C), plain cosines (B, C))``.
     """
 
     def __init__(self, model: nn.Module, head: AAMSoftmax) -> None:
         super().__init__()
         self.model, self.head = model, head
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.model(feats), labels)
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.model(feats), labels, return_cosine=True)
 
 
 @dataclass
@@ -294,12 +294,14 @@ def run_epoch(
         with torch.autocast(
             device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
-            logits = ddp_net(feats, labels)
+            logits, cosine = ddp_net(feats, labels)
         loss = F.cross_entropy(logits.float(), labels)
         stats = torch.stack(
             [
                 loss.detach().double() * labels.numel(),
-                (logits.detach().argmax(dim=1) == labels).sum().double(),
+                # accuracy of the plain cosine classifier: unlike WeSpeaker's (argmax of the margin
+                # logits) it does not drop when the margin ramps up
+                (cosine.argmax(dim=1) == labels).sum().double(),
                 torch.tensor(float(labels.numel()), dtype=torch.float64, device=device),
                 (~torch.isfinite(loss.detach())).double(),
             ]
