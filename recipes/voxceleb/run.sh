@@ -64,7 +64,10 @@ profile_opts=              # extra `memsv profile-memory` arguments, e.g. "--gpu
 
 # Large-margin fine-tuning (stage 8; WeSpeaker's *_lm configs)
 lm_exp_dir=                # default: <exp_dir>-LM
-lm_opts="--set data.chunk_frames=600 --set margin_scheduler.initial_margin=0.5 --set margin_scheduler.final_margin=0.5 --set margin_scheduler.increase_start_epoch=0 --set margin_scheduler.fix_start_epoch=0 --set scheduler.initial_lr=1.0e-4 --set scheduler.final_lr=2.5e-5 --set scheduler.warm_up_epochs=1 --set scheduler.warm_from_zero=false --set train.epochs=5 --set train.num_avg=1"
+lm_chunk_frames=600        # WeSpeaker: 6 s chunks ...
+lm_margin=0.5              # ... a fixed large margin ...
+lm_epochs=5                # ... for 5 epochs at LR 1e-4 -> 2.5e-5 (1 warm-up epoch)
+lm_opts=                   # extra `memsv train` arguments for stage 8
 
 help_message="usage: ./run.sh [--data voxceleb|mini] [--stage N] [--stop_stage N] [--config conf/X.yaml] [--exp_dir exp/X] ..."
 . tools/parse_options.sh || exit 1
@@ -114,7 +117,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
     babble_source=$data_dir/musan_speech
   else
     # shellcheck disable=SC2086
-    memsv prepare-data --corpus mini --out "$data_dir" $mini_opts
+    memsv prepare-data --corpus mini --out "$data_dir" --nj "$nj" $mini_opts
     # Stand-ins for MUSAN / RIRS_NOISES; babble uses the training speech itself (never the test set).
     if $aug; then
       memsv make-aug-sources "$data_dir/aug_sources"
@@ -240,9 +243,16 @@ fi
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   log 8 "large-margin fine-tuning of $exp_dir/models/avg_model.pt -> $lm_exp_dir"
+  lm_sets=(data.chunk_frames="$lm_chunk_frames" margin_scheduler.initial_margin="$lm_margin"
+           margin_scheduler.final_margin="$lm_margin" margin_scheduler.increase_start_epoch=0
+           margin_scheduler.fix_start_epoch=0 scheduler.initial_lr=1.0e-4 scheduler.final_lr=2.5e-5
+           scheduler.warm_up_epochs=1 scheduler.warm_from_zero=false train.epochs="$lm_epochs"
+           train.num_avg=1 train.init_model="$exp_dir/models/avg_model.pt")
+  lm_args=(train --config "$exp_dir/config.yaml" --data "$fbank_dir/$train_data" --exp-dir "$lm_exp_dir")
+  for kv in "${lm_sets[@]}"; do lm_args+=(--set "$kv"); done
+  $resume && lm_args+=(--resume)
   # shellcheck disable=SC2206
-  lm_args=(train --config "$exp_dir/config.yaml" --data "$fbank_dir/$train_data" --exp-dir "$lm_exp_dir"
-           --set "train.init_model=$exp_dir/models/avg_model.pt" $lm_opts)
+  lm_args+=($lm_opts)
   if [ "$num_gpus" -ge 1 ]; then
     export CUDA_VISIBLE_DEVICES=$gpus
     torchrun --nnodes="$num_nodes" --nproc_per_node="$num_gpus" --rdzv_backend="$rdzv_backend" \
