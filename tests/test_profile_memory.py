@@ -193,3 +193,35 @@ def test_optimizer_state_bytes_agree_with_the_optimizers_own_count() -> None:
     profiled = measure_step(_tiny("resnet18", 8), setup, "meta").optimizer_states
     assert exact <= profiled < exact + 512 * len(tensors)
     assert any(t.dtype == torch.uint8 for t in tensors)  # the setup really has 8-bit states
+
+
+def test_cpu_measurement_is_refused_when_the_step_cannot_fit_in_ram(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import memsv_cli.profile.report as report
+
+    monkeypatch.setattr(report, "available_ram", lambda: 2**19)  # a 512 KiB machine; the step needs ~0.8 MiB
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "profile-memory",
+                "--model",
+                "resnet18",
+                "--batch-size",
+                "2",
+                "--frames",
+                "24",
+                "--feat-dim",
+                "16",
+                "--num-speakers",
+                "20",
+                "--embed-dim",
+                "16",
+                "--base-width",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+    assert exit_.value.code == 1
+    assert "needs about" in capsys.readouterr().err

@@ -55,6 +55,31 @@ def model_builder(name: str, feat_dim: int, embed_dim: int, base_width: int):  #
     return lambda: models.get_model(name, feat_dim=feat_dim, embed_dim=embed_dim, base_width=base_width)
 
 
+def available_ram() -> int | None:
+    """Bytes of RAM available to a new allocation (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _measure(build, setup: StepSetup, method: str) -> MemoryBreakdown:  # noqa: ANN001
+    """measure_step, but a real CPU step is first estimated on meta and refused if it cannot fit in RAM
+    (a CPU step of the paper's ResNet293 setup needs ~110 GiB)."""
+    if method == "cpu":
+        need, ram = measure_step(build, setup, "meta").total, available_ram()
+        if ram is not None and need > 0.9 * ram:
+            raise MemsvError(
+                f"--device cpu: this step needs about {format_bytes(need)} of RAM, {format_bytes(ram)} is "
+                "available; use --device meta for an estimate, or a smaller --batch-size"
+            )
+    return measure_step(build, setup, method)
+
+
 @dataclass
 class ProfileReport:
     """Everything ``profile-memory`` reports; bytes are allocator bytes at the peak of one step."""
@@ -119,7 +144,7 @@ def profile_memory(
     """
     method = resolve_method(device)
     build = model_builder(model, setup.feat_dim, setup.embed_dim, base_width)
-    report = ProfileReport(model, method, setup, base_width, measure_step(build, setup, method))
+    report = ProfileReport(model, method, setup, base_width, _measure(build, setup, method))
     if compare == "auto":
         baseline = default_baseline(model, setup.optimizer)
     elif compare is None or compare == "none":
@@ -130,7 +155,7 @@ def profile_memory(
         report.baseline_model, report.baseline_optimizer = baseline
         base_build = model_builder(baseline[0], setup.feat_dim, setup.embed_dim, base_width)
         base_setup = dataclasses.replace(setup, optimizer=baseline[1])
-        report.baseline = measure_step(base_build, base_setup, method)
+        report.baseline = _measure(base_build, base_setup, method)
     if gpu_memory is not None:
         report.gpu_memory = gpu_memory
         known = {setup.batch_size: report.bytes.total} if method == "meta" else {}
