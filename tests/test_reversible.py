@@ -99,6 +99,10 @@ def test_reversible_saves_activations_against_vanilla() -> None:
     vanilla = _act_bytes("resnet34")
     assert 3 * _act_bytes("rev_resnet34") <= vanilla
     assert 8 * _act_bytes("fullrev_resnet34") <= vanilla
+    plain = get_model("fullrev_resnet34", feat_dim=FEAT, base_width=4, reversible_backward=False)
+    assert saved_activation_bytes(plain.train(), torch.randn(2, 48, FEAT)) > 4 * _act_bytes(
+        "fullrev_resnet34"
+    )
 
 
 def test_saved_activation_bytes_counts_a_shared_storage_once() -> None:
@@ -179,12 +183,20 @@ def test_autocast_bf16_runs_branches_in_bf16_and_keeps_fp32_streams() -> None:
 
 
 def test_caller_tensors_are_neither_mutated_nor_freed() -> None:
-    chain = _dropout_chain(True)
-    for m in chain.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    # Stride-1 widening steps (zero channels: R^-1 is a view) at both ends, so rebuilt tensors alias
+    # the chain's outputs and gradients, which must still not be written; a partial-width step between.
+    steps = [
+        rv.HalfStep(nn.Conv2d(4, 4, 3, padding=1), 4, 4, 4),  # identity R: a and b are the caller's x
+        rv.HalfStep(nn.Conv2d(4, 4, 3, padding=1), 4, 4, 4),
+        rv.HalfStep(nn.Conv2d(4, 6, 3, padding=1), 4, 6, 4),
+        rv.HalfStep(nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6)), 6, 6, 6),
+        rv.HalfStep(nn.Conv2d(4, 4, 3, padding=1), 4, 4, 6),
+        rv.HalfStep(nn.Conv2d(6, 8, 1), 6, 8, 6),
+    ]
+    chain = rv.ReversibleChain(steps).double()
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
     x_copy = x.detach().clone()
+    assert chain(x, x)[0].shape == (2, 8, 6, 6)
     a, b = chain(x, x)
     a_copy, b_copy = a.detach().clone(), b.detach().clone()
     grad_a, grad_b = torch.ones_like(a), torch.full_like(b, 2.0)

@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -238,6 +239,7 @@ class _ChainFunction(torch.autograd.Function):
         return a, b
 
     @staticmethod
+    @once_differentiable  # the rebuilt graph is consumed inside; double backward is not supported
     def backward(ctx, ga: torch.Tensor, gb: torch.Tensor):
         c, d = ctx.saved_tensors
         protected = (c, d, ga, gb)
@@ -278,6 +280,7 @@ class _RecomputeFunction(torch.autograd.Function):
         return y.clone() if y is x else y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy: torch.Tensor):
         (x,) = ctx.saved_tensors
         params = list(ctx.module.parameters())
