@@ -1,7 +1,8 @@
 """Where the memory of one training step goes: measured on CUDA or CPU, or estimated from shapes (meta).
 
-All three methods run the same :class:`~memsv_cli.profile.step.TrainingStep` twice: a warm-up step (so the
-optimizer states exist, as they do during training) and the measured step. The figure is CUDA's
+All three methods run the same :class:`~memsv_cli.profile.step.TrainingStep` after a warm-up that creates
+the optimizer states, as they exist during training (a whole step on CUDA; an optimizer step on zero
+gradients on cpu/meta, which leaves the same memory behind in half the time). The figure is CUDA's
 "allocated bytes" (sum of live storage sizes, 512-byte blocks), peak over the measured step from just before
 ``zero_grad`` to the end of ``optimizer.step()``.
 
