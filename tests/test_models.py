@@ -100,3 +100,9 @@ def test_cli_list_models_bad_size_is_a_one_line_error(capsys: pytest.CaptureFixt
     code, out, err = _cli(["list-models", "--base-width", "0"], capsys)
     assert code == 1 and out == ""
     assert err.strip().count("\n") == 0 and "base_width must be a positive integer" in err
+
+
+def test_wrong_feature_dimension_is_a_user_error() -> None:
+    model = get_model("rev_resnet18", feat_dim=20, base_width=4)
+    with pytest.raises(MemsvError, match=r"expects \(batch, frames, 20\) features, got \(2, 30, 24\)"):
+        model(torch.randn(2, 30, 24))

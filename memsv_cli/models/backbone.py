@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memsv_cli.errors import MemsvError
 from memsv_cli.models.pooling import TSTP
 from memsv_cli.models.reversible import HalfStep, Recomputed, ReversibleChain, ReversibleSequence
 from memsv_cli.models.units import ProjectedBranch, Unit
@@ -121,7 +122,10 @@ class SpeakerNet(nn.Module):
     def frame_features(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, T, F)`` -> last feature map ``(B, C, ceil(F/8), ceil(T/8))`` before pooling."""
         if feats.dim() != 3 or feats.shape[-1] != self.feat_dim:
-            raise ValueError(f"expected (batch, frames, {self.feat_dim}) features, got {tuple(feats.shape)}")
+            raise MemsvError(
+                f"model expects (batch, frames, {self.feat_dim}) features, got {tuple(feats.shape)}; "
+                "check --feat-dim / the fbank config"
+            )
         x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T), a view: the caller's tensor is not touched
         if self.variant == "fullrev":
             pad_f = -x.shape[2] % self.freq_stride
