@@ -279,7 +279,7 @@ def mini_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "--aug_types",
             "reverb noise music babble",
             "--stop_stage",
-            "7",
+            "8",
         ],
         cwd=recipe,
         timeout=900,
