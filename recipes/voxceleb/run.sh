@@ -81,7 +81,7 @@ case $data in
     ;;
   mini)
     : "${data_dir:=data/mini}" "${fbank_dir:=fbank/mini}" "${download_dir:=data/download_data}"
-    : "${raw_dir:=data/mini}" "${config:=conf/mini.yaml}" "${train_set:=mini_train}" "${eval_set:=mini_test}"
+    : "${raw_dir:=data/mini}" "${config:=conf/mini_fast.yaml}" "${train_set:=mini_train}" "${eval_set:=mini_test}"
     : "${trials:=mini.kaldi}" "${nj:=2}"
     ;;
   *) echo "$0: --data must be voxceleb or mini, got '$data'" >&2; exit 1 ;;
