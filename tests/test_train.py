@@ -184,6 +184,11 @@ def test_cli_train_writes_config_logs_metrics_curve_and_a_loadable_model(
     # average-model recomputes it from the command line
     main(["average-model", "--exp-dir", str(exp), "--num", "1", "--dst-model", str(tmp_path / "a.pt")])
     assert (tmp_path / "a.pt").is_file()
+    # --resume without --config reuses EXP/config.yaml; with every epoch done it only re-averages
+    before = (exp / "models/epoch_2.pt").stat().st_mtime_ns
+    main(["train", "--exp-dir", str(exp), "--resume"])
+    assert (exp / "models/epoch_2.pt").stat().st_mtime_ns == before
+    assert load_checkpoint(exp / "models/avg_model.pt")["averaged_epochs"] == [1, 2]
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
