@@ -260,3 +260,25 @@ def test_progress_prints_one_line_per_epoch_when_not_on_a_terminal() -> None:
     with TrainProgress(False, total_epochs=5, console=Console(file=silent)) as p:
         p.end_epoch(metrics)
     assert silent.getvalue() == ""
+
+
+def test_init_model_loads_weights_and_head_and_rejects_another_architecture(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    from memsv_cli.train.distributed import DistInfo
+    from memsv_cli.train.trainer import TrainLog, build_state, init_from_checkpoint
+
+    cfg = tiny_config(data_dir, "train.epochs=1", "train.num_avg=1")
+    train(cfg, tmp_path / "exp")
+    avg = tmp_path / "exp/models/avg_model.pt"
+    state = build_state(cfg, num_classes=8, num_items=64, info=DistInfo())
+    init_from_checkpoint(state.net, str(avg), TrainLog(tmp_path, enabled=False))
+    saved = load_checkpoint(avg)
+    assert all(torch.equal(v, saved["model"][k]) for k, v in state.net.model.state_dict().items())
+    assert torch.equal(state.net.head.weight, saved["head"]["weight"])
+    other = build_state(
+        tiny_config(data_dir, "model.name=resnet18"), num_classes=8, num_items=64, info=DistInfo()
+    )
+    other.net.model = torch.nn.Linear(2, 2)
+    with pytest.raises(MemsvError, match="do not fit this model"):
+        init_from_checkpoint(other.net, str(avg), TrainLog(tmp_path, enabled=False))
