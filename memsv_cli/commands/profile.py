@@ -36,13 +36,19 @@ def profile_memory_command(
     gpu_memory: str = typer.Option(
         None, "--gpu-memory", help="Card size (e.g. 11GiB): report the largest batch that fits."
     ),
+    recompute_chunks: int = typer.Option(
+        1,
+        "--recompute-chunks",
+        help="rev_/fullrev_ models: recompute each reversible step over K micro-batches in backward "
+        "(exact gradients, lower peak, more time); 1 = off. The baseline is unaffected.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object instead of the table."),
 ) -> None:
     """Profile one training step's peak memory by component (parameters, gradients, optimizer states,
     activations, other) against the vanilla 32-bit baseline."""
     setup = StepSetup(batch_size, frames, feat_dim, num_speakers, embed_dim, optimizer, precision)
     budget = parse_size(gpu_memory) if gpu_memory is not None else None
-    report = profile_memory(model, setup, device, compare, budget, base_width)
+    report = profile_memory(model, setup, device, compare, budget, base_width, recompute_chunks)
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:

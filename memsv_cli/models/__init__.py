@@ -69,6 +69,9 @@ def get_model(
             ResNets, 32/32/64/128/256 for the DF-ResNets). Tests use 4-16.
         reversible_backward (rev_/fullrev_ only, default True): False computes the identical function
             with plain autograd (caching every activation), for checks and debugging.
+        recompute_chunks (rev_/fullrev_ only, default 1): K > 1 recomputes each reversible step (and
+            recomputed layer) over K micro-batches in backward: exact gradients, lower peak memory, more
+            time (docs/design.md).
     Raises:
         MemsvError: unknown name, bad sizes, or an argument this model does not take.
     """
@@ -76,6 +79,11 @@ def get_model(
     reversible_backward = kwargs.pop("reversible_backward", True)
     if variant == "vanilla" and reversible_backward is not True:
         raise MemsvError(f"{name}: reversible_backward applies only to rev_/fullrev_ models")
+    chunks = kwargs.pop("recompute_chunks", 1)
+    if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
+        raise MemsvError(f"{name}: recompute_chunks must be a positive integer, got {chunks!r}")
+    if variant == "vanilla" and chunks != 1:
+        raise MemsvError(f"{name}: recompute_chunks applies only to rev_/fullrev_ models")
     if kwargs:
         raise MemsvError(f"{name}: unexpected model argument(s): {', '.join(sorted(kwargs))}")
     for key, value in (("feat_dim", feat_dim), ("embed_dim", embed_dim), ("base_width", base_width)):
@@ -84,7 +92,14 @@ def get_model(
     parts = resnet_parts if family == "resnet" else dfresnet_parts
     stem, units = parts(depth, base_width)
     return SpeakerNet(
-        stem, units, base_width, feat_dim, embed_dim, variant, reversible_backward=bool(reversible_backward)
+        stem,
+        units,
+        base_width,
+        feat_dim,
+        embed_dim,
+        variant,
+        reversible_backward=bool(reversible_backward),
+        recompute_chunks=chunks,
     )
 
 

@@ -32,7 +32,7 @@ from memsv_cli.models.units import ProjectedBranch, Unit
 VARIANTS = ("vanilla", "rev", "fullrev")
 
 
-def _type1_body(units: list[Unit], reversible_backward: bool) -> nn.Sequential:
+def _type1_body(units: list[Unit], reversible_backward: bool, chunks: int = 1) -> nn.Sequential:
     body: list[nn.Module] = []
     run: list[Unit] = []
 
@@ -40,7 +40,7 @@ def _type1_body(units: list[Unit], reversible_backward: bool) -> nn.Sequential:
         if run:
             c = run[0].in_ch
             steps = [HalfStep(u.branch, c, c, c) for u in run]
-            body.append(ReversibleSequence(ReversibleChain(steps, reversible_backward), c))
+            body.append(ReversibleSequence(ReversibleChain(steps, reversible_backward, chunks), c))
             run.clear()
 
     for unit in units:
@@ -48,12 +48,14 @@ def _type1_body(units: list[Unit], reversible_backward: bool) -> nn.Sequential:
             run.append(unit)
         else:
             flush()
-            body.append(Recomputed(unit, reversible_backward))
+            body.append(Recomputed(unit, reversible_backward, chunks))
     flush()
     return nn.Sequential(*body)
 
 
-def _type2_body(units: list[Unit], stem_ch: int, reversible_backward: bool) -> ReversibleSequence:
+def _type2_body(
+    units: list[Unit], stem_ch: int, reversible_backward: bool, chunks: int = 1
+) -> ReversibleSequence:
     steps: list[HalfStep] = []
     stream = stem_ch
     for unit in units:
@@ -61,7 +63,7 @@ def _type2_body(units: list[Unit], stem_ch: int, reversible_backward: bool) -> R
         step = HalfStep(f, unit.in_ch, unit.out_ch, stream, unit.stride)
         steps.append(step)
         stream = step.stream_out
-    return ReversibleSequence(ReversibleChain(steps, reversible_backward), units[-1].out_ch)
+    return ReversibleSequence(ReversibleChain(steps, reversible_backward, chunks), units[-1].out_ch)
 
 
 class SpeakerNet(nn.Module):
@@ -76,6 +78,8 @@ class SpeakerNet(nn.Module):
         variant: ``"vanilla"``, ``"rev"`` or ``"fullrev"``.
         reversible_backward: for ``rev``/``fullrev``: memory-saving backward (True) or plain autograd
             through the identical function (False).
+        recompute_chunks: for ``rev``/``fullrev``: recompute every reversible step and recomputed layer
+            over this many micro-batches in backward (exact, :mod:`memsv_cli.models.chunked`); 1 = off.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class SpeakerNet(nn.Module):
         embed_dim: int,
         variant: str = "vanilla",
         reversible_backward: bool = True,
+        recompute_chunks: int = 1,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -97,13 +102,13 @@ class SpeakerNet(nn.Module):
         out_freq = feat_dim
         for unit in units:  # 'same'-padded strided convs give ceil(n / s)
             out_freq = -(-out_freq // unit.stride[0])
-        self.stem = stem if variant == "vanilla" else Recomputed(stem, reversible_backward)
+        self.stem = stem if variant == "vanilla" else Recomputed(stem, reversible_backward, recompute_chunks)
         if variant == "vanilla":
             self.body: nn.Module = nn.Sequential(*units)
         elif variant == "rev":
-            self.body = _type1_body(units, reversible_backward)
+            self.body = _type1_body(units, reversible_backward, recompute_chunks)
         else:
-            self.body = _type2_body(units, stem_ch, reversible_backward)
+            self.body = _type2_body(units, stem_ch, reversible_backward, recompute_chunks)
         self.pool = TSTP(units[-1].out_ch * out_freq)
         self.embedding = nn.Linear(self.pool.out_dim, embed_dim)
 

@@ -29,6 +29,13 @@ step costs one extra f forward. Guarantees, each tested in ``tests/test_reversib
   place, which saves a stream copy per step);
 - eval mode, ``torch.no_grad()`` or ``reversible_backward=False`` run the plain loop, at no extra cost
   (``False`` caches every intermediate like any network: the plain-autograd reference).
+
+``recompute_chunks = K > 1`` (opt-in; tests in ``tests/test_reversible_chunks.py``) recomputes and
+differentiates each step's f (and each :class:`Recomputed` module) over K micro-batches, so one
+micro-batch's saved tensors of f are alive at a time; gradients stay exact because the BatchNorms use
+the forward's batch statistics and the full-batch backward (:mod:`memsv_cli.models.chunked`). The
+guarantees above hold unchanged; a branch with a layer not known to act per sample (dropout) keeps
+the unchunked recomputation.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from memsv_cli.models.chunked import BNState, capture_bn_stats, chunkable, chunked_vjp
 
 
 def space_to_depth(x: torch.Tensor, sf: int, st: int) -> torch.Tensor:
@@ -63,8 +72,9 @@ def depth_to_space(x: torch.Tensor, sf: int, st: int) -> torch.Tensor:
 
 
 def _shares_memory(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether two tensors live in the same storage (views included)."""
-    return x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+    """Whether two tensors live in the same storage (views included). Compares the storage objects
+    themselves (``_cdata``), not data pointers, which are 0 for every fake (meta-estimate) tensor."""
+    return x.untyped_storage()._cdata == y.untyped_storage()._cdata
 
 
 class HalfStep(nn.Module):
@@ -143,6 +153,8 @@ class HalfStep(nn.Module):
         params: Sequence[torch.Tensor],
         autocast: tuple[str, bool, torch.dtype] = ("cpu", False, torch.bfloat16),
         protected: Sequence[torch.Tensor] = (),
+        chunks: int = 1,
+        bn_stats: dict[nn.Module, BNState] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
         """Rebuild the input and back-propagate through this step with one f evaluation.
 
@@ -151,7 +163,11 @@ class HalfStep(nn.Module):
         ``gc`` are updated in place unless they share memory with a tensor in ``protected`` (the
         chain's outputs and incoming gradients, which the caller and autograd own).
         Returns ``(a, b, ga, gb, param_grads)``; ``param_grads`` matches ``params`` (None where unused).
+        ``chunks > 1`` with ``bn_stats`` (the forward's, :func:`capture_bn_stats`): f is recomputed and
+        differentiated over micro-batches (:func:`~memsv_cli.models.chunked.chunked_vjp`).
         """
+        if chunks > 1 and bn_stats is not None:
+            return self._chunked_backward_step(c, d, gc, gd, params, autocast, protected, chunks, bn_stats)
         b = self.unshuffle(c).detach()
         b_act = (b[:, : self.in_ch] if self.in_ch < b.shape[1] else b).detach().requires_grad_(True)
         with torch.enable_grad(), torch.autocast(autocast[0], dtype=autocast[2], enabled=autocast[1]):
@@ -170,6 +186,31 @@ class HalfStep(nn.Module):
             else:
                 gb = torch.cat([gb[:, : self.in_ch] + grads[0], gb[:, self.in_ch :]], 1)
         return a, b, ga, gb, grads[1:]
+
+    def _chunked_backward_step(self, c, d, gc, gd, params, autocast, protected, chunks, bn_stats):  # noqa: ANN001, ANN202
+        """:meth:`backward_step` over micro-batches: the input stream ``a`` is rebuilt micro-batch by
+        micro-batch from the first pass's outputs, written into ``d`` (or a copy of it, if protected)."""
+        b = self.unshuffle(c).detach()
+        b_act = (b[:, : self.in_ch] if self.in_ch < b.shape[1] else b).detach()
+        if any(_shares_memory(d, t) for t in protected):
+            d = d.clone()
+        head = d if self.out_ch == d.shape[1] else d[:, : self.out_ch]
+
+        def f(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(autocast[0], dtype=autocast[2], enabled=autocast[1]):
+                return self.f(x).to(d.dtype)
+
+        def rebuild(sl: slice, fb: torch.Tensor) -> None:
+            head[sl].sub_(fb)
+
+        g_fb = gd[:, : self.out_ch] if self.out_ch < gd.shape[1] else gd
+        gb = self.unshuffle(gc)
+        if any(_shares_memory(gc, t) for t in protected):
+            gb = gb.clone()
+        # b's gradient from f is added into gb micro-batch by micro-batch (no full-size buffer).
+        gb_act = gb if self.in_ch == gb.shape[1] else gb[:, : self.in_ch]
+        _, grads = chunked_vjp(f, b_act, g_fb, params, bn_stats, chunks, on_output=rebuild, gx_into=gb_act)
+        return self.unshuffle(d), b, self.unshuffle(gd), gb, tuple(grads)
 
 
 @contextlib.contextmanager
@@ -220,16 +261,20 @@ class _ChainFunction(torch.autograd.Function):
         device = a.device
         a_in, b_in = a, b
         rng: list[tuple | None] = []
+        stats: list[dict | None] = []
         for step in chain.steps:
             before = _rng_state(device)
-            # Intermediates are the Function's own and dead after use: update them in place.
-            a, b = step(a, b, a_is_scratch=not (_shares_memory(a, a_in) or _shares_memory(a, b_in)))
+            chunked = chain.recompute_chunks > 1 and chunkable(step.f)
+            with capture_bn_stats(step.f) if chunked else contextlib.nullcontext() as bn_stats:
+                # Intermediates are the Function's own and dead after use: update them in place.
+                a, b = step(a, b, a_is_scratch=not (_shares_memory(a, a_in) or _shares_memory(a, b_in)))
+            stats.append(bn_stats)
             # Keep a snapshot only for steps that drew random numbers: costs nothing without dropout.
             rng.append(None if _same_rng(before, _rng_state(device)) else before)
         # A one-step identity chain would hand back an input; autograd needs outputs of its own.
         a = a.clone() if a is a_in or a is b_in else a
         b = b.clone() if b is a_in or b is b_in else b
-        ctx.chain, ctx.rng, ctx.device = chain, rng, device
+        ctx.chain, ctx.rng, ctx.device, ctx.bn_stats = chain, rng, device, stats
         ctx.autocast = (
             device.type,
             torch.is_autocast_enabled(device.type),
@@ -253,7 +298,9 @@ class _ChainFunction(torch.autograd.Function):
             offset -= len(params)
             wanted = [p for p, n in zip(params, needs[offset : offset + len(params)], strict=True) if n]
             with _replay_rng(ctx.rng[i], ctx.device), frozen_batchnorm_stats(step):
-                c, d, ga, gb, grads = step.backward_step(c, d, ga, gb, wanted, ctx.autocast, protected)
+                c, d, ga, gb, grads = step.backward_step(
+                    c, d, ga, gb, wanted, ctx.autocast, protected, chain.recompute_chunks, ctx.bn_stats[i]
+                )
             it = iter(grads)
             step_grads = [next(it) if n else None for n in needs[offset : offset + len(params)]]
             all_grads[:0] = step_grads
@@ -265,12 +312,14 @@ class _RecomputeFunction(torch.autograd.Function):
     them in backward (activation checkpointing), with the same guarantees as the chain."""
 
     @staticmethod
-    def forward(ctx, module: nn.Module, x: torch.Tensor, *params: torch.Tensor):
+    def forward(ctx, module: nn.Module, chunks: int, x: torch.Tensor, *params: torch.Tensor):
         device = x.device
         before = _rng_state(device)
-        y = module(x)
+        chunked = chunks > 1 and chunkable(module)
+        with capture_bn_stats(module) if chunked else contextlib.nullcontext() as bn_stats:
+            y = module(x)
         ctx.rng = None if _same_rng(before, _rng_state(device)) else before
-        ctx.module, ctx.device = module, device
+        ctx.module, ctx.device, ctx.chunks, ctx.bn_stats = module, device, chunks, bn_stats
         ctx.autocast = (
             device.type,
             torch.is_autocast_enabled(device.type),
@@ -284,17 +333,27 @@ class _RecomputeFunction(torch.autograd.Function):
     def backward(ctx, gy: torch.Tensor):
         (x,) = ctx.saved_tensors
         params = list(ctx.module.parameters())
-        needs = ctx.needs_input_grad
+        needs = ctx.needs_input_grad[1:]  # (chunks, x, *params): same offsets as before the chunks arg
         wanted = [p for p, n in zip(params, needs[2:], strict=True) if n]
         x_req = x.detach().requires_grad_(needs[1])
         device_type, enabled, dtype = ctx.autocast
+        if ctx.bn_stats is not None:
+
+            def f(inp: torch.Tensor) -> torch.Tensor:
+                with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                    return ctx.module(inp)
+
+            with _replay_rng(ctx.rng, ctx.device), frozen_batchnorm_stats(ctx.module):
+                gx, grads = chunked_vjp(f, x.detach(), gy, wanted, ctx.bn_stats, ctx.chunks, needs[1])
+            it = iter(grads)
+            return (None, None, gx, *[next(it) if n else None for n in needs[2:]])
         with _replay_rng(ctx.rng, ctx.device), frozen_batchnorm_stats(ctx.module):
             with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
                 y = ctx.module(x_req)
             inputs = ([x_req] if needs[1] else []) + wanted
             grads = iter(torch.autograd.grad(y, inputs, gy, allow_unused=True)) if inputs else iter(())
         gx = next(grads) if needs[1] else None
-        return (None, gx, *[next(grads) if n else None for n in needs[2:]])
+        return (None, None, gx, *[next(grads) if n else None for n in needs[2:]])
 
 
 class Recomputed(nn.Module):
@@ -305,16 +364,19 @@ class Recomputed(nn.Module):
     module in backward. ``reversible_backward=False`` runs it plainly (the reference).
     """
 
-    def __init__(self, module: nn.Module, reversible_backward: bool = True) -> None:
+    def __init__(
+        self, module: nn.Module, reversible_backward: bool = True, recompute_chunks: int = 1
+    ) -> None:
         super().__init__()
         self.module = module
         self.reversible_backward = reversible_backward
+        self.recompute_chunks = recompute_chunks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reversible_backward and torch.is_grad_enabled():
             params = list(self.module.parameters())
             if x.requires_grad or any(p.requires_grad for p in params):
-                return _RecomputeFunction.apply(self.module, x, *params)
+                return _RecomputeFunction.apply(self.module, self.recompute_chunks, x, *params)
         return self.module(x)
 
 
@@ -325,15 +387,20 @@ class ReversibleChain(nn.Module):
         steps: the half-steps, in order; each step's ``stream_ch`` must be the previous ``stream_out``.
         reversible_backward: True: train without caching per-step activations (custom backward);
             False: plain autograd through the same function (the reference).
+        recompute_chunks: K > 1 recomputes and differentiates each step's f over K micro-batches of
+            the batch in backward (exact; :mod:`memsv_cli.models.chunked`): less peak memory, more time.
     """
 
-    def __init__(self, steps: Sequence[HalfStep], reversible_backward: bool = True) -> None:
+    def __init__(
+        self, steps: Sequence[HalfStep], reversible_backward: bool = True, recompute_chunks: int = 1
+    ) -> None:
         super().__init__()
         for prev, nxt in zip(steps[:-1], steps[1:], strict=False):
             if prev.stream_out != nxt.stream_ch:
                 raise ValueError(f"stream width mismatch: {prev.stream_out} then {nxt.stream_ch}")
         self.steps = nn.ModuleList(steps)
         self.reversible_backward = reversible_backward
+        self.recompute_chunks = recompute_chunks
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reversible_backward and torch.is_grad_enabled():

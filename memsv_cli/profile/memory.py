@@ -76,7 +76,10 @@ def _tag_saved_activations(tracker: StorageTracker) -> Iterator[None]:
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         tracker.tag(tensor, "activations")
-        return tensor
+        # A detached alias (same storage), not the tensor itself: a node saving its own output (ReLU)
+        # would otherwise form a reference cycle that keeps a graph the backward never traverses (the
+        # chunked recomputation's partial passes) alive until the garbage collector runs.
+        return tensor.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         yield

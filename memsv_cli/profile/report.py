@@ -45,14 +45,21 @@ def default_baseline(model: str, optimizer: str) -> tuple[str, str] | None:
     return None if baseline == (model, optimizer) else baseline
 
 
-def model_builder(name: str, feat_dim: int, embed_dim: int, base_width: int):  # noqa: ANN201
-    """A zero-argument callable building ``memsv_cli.models.get_model(name, ...)``; checks the name now."""
+def model_builder(name: str, feat_dim: int, embed_dim: int, base_width: int, recompute_chunks: int = 1):  # noqa: ANN201
+    """A zero-argument callable building ``memsv_cli.models.get_model(name, ...)``; checks the name (and
+    that ``recompute_chunks`` applies to it) now."""
     from memsv_cli import models
 
     known = models.list_models()
     if name not in known:
         raise MemsvError(f"unknown model {name!r}; choose one of {', '.join(known)}")
-    return lambda: models.get_model(name, feat_dim=feat_dim, embed_dim=embed_dim, base_width=base_width)
+    kwargs = {} if recompute_chunks == 1 else {"recompute_chunks": recompute_chunks}
+    if kwargs:
+        with torch.device("meta"):
+            models.get_model(name, feat_dim=feat_dim, embed_dim=embed_dim, base_width=1, **kwargs)
+    return lambda: models.get_model(
+        name, feat_dim=feat_dim, embed_dim=embed_dim, base_width=base_width, **kwargs
+    )
 
 
 def available_ram() -> int | None:
@@ -94,6 +101,7 @@ class ProfileReport:
     baseline: MemoryBreakdown | None = None
     gpu_memory: int | None = None
     max_batch_size: int | None = None
+    recompute_chunks: int = 1
 
     def saving(self) -> dict[str, float | None] | None:
         """baseline / this setup for activations, optimizer states and the total (None where this is 0)."""
@@ -107,7 +115,11 @@ class ProfileReport:
         out: dict[str, Any] = {
             "model": self.model,
             "method": self.method,
-            "setup": {**dataclasses.asdict(self.setup), "base_width": self.base_width},
+            "setup": {
+                **dataclasses.asdict(self.setup),
+                "base_width": self.base_width,
+                "recompute_chunks": self.recompute_chunks,
+            },
             "bytes": self.bytes.as_dict(),
             "baseline": None,
             "saving": self.saving(),
@@ -130,6 +142,7 @@ def profile_memory(
     compare: str | None = "auto",
     gpu_memory: int | None = None,
     base_width: int = 32,
+    recompute_chunks: int = 1,
 ) -> ProfileReport:
     """Profile one training step of ``model`` under ``setup``.
 
@@ -141,10 +154,13 @@ def profile_memory(
             a model name (trained with the 32-bit optimizer), or None / ``none`` for no baseline.
         gpu_memory: card size in bytes; when given, the largest batch whose meta-estimated peak fits.
         base_width: channels of the first stage (32 in the paper's models).
+        recompute_chunks: ``get_model(..., recompute_chunks=K)`` for the profiled model (rev_/fullrev_
+            only); the baseline stays the plain vanilla model.
     """
     method = resolve_method(device)
-    build = model_builder(model, setup.feat_dim, setup.embed_dim, base_width)
+    build = model_builder(model, setup.feat_dim, setup.embed_dim, base_width, recompute_chunks)
     report = ProfileReport(model, method, setup, base_width, _measure(build, setup, method))
+    report.recompute_chunks = recompute_chunks
     if compare == "auto":
         baseline = default_baseline(model, setup.optimizer)
     elif compare is None or compare == "none":
@@ -184,6 +200,8 @@ def render(report: ProfileReport, console: Console) -> None:
         f"{report.model} + {s.optimizer} ({s.precision}), batch {s.batch_size} x {s.frames} frames x "
         f"{s.feat_dim} fbank, {s.num_speakers} speakers; method: {report.method}"
     )
+    if report.recompute_chunks != 1:
+        title += f"; recompute chunks: {report.recompute_chunks}"
     table = Table(title=title, title_justify="left")
     table.add_column("component")
     if report.baseline is not None:
