@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from memsv_cli.atomic import atomic_path
+from memsv_cli.data.ark import ArkReader
 from memsv_cli.data.dataset import read_feats_scp
 from memsv_cli.data.kaldi_dir import c_sorted, read_utt2num_frames, read_utt2spk
 from memsv_cli.errors import InputError, MemsvError
@@ -88,34 +88,19 @@ class _BatchReader(Dataset):
 
     def __init__(self, batches: list[list[str]], arks: Mapping[str, str], scp: Path) -> None:
         self.batches, self.arks, self.scp = batches, dict(arks), scp
-        self._fds: dict[str, Any] = {}  # open arks of this process (kaldiio fd_dict)
-        self._pid = os.getpid()
+        self._reader = ArkReader(scp)
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_fds"] = {}  # open files do not pickle (spawned workers open their own)
-        return state
-
     def close(self) -> None:
-        for fd in self._fds.values():
-            fd.close()
-        self._fds = {}
+        self._reader.close()
 
     def __getitem__(self, index: int) -> tuple[list[str], torch.Tensor]:
-        if self._pid != os.getpid():  # forked worker: never share a file offset with the parent
-            self._fds, self._pid = {}, os.getpid()
         utts = self.batches[index]
         mats = []
         for utt in utts:
-            try:
-                mat = kaldiio.load_mat(self.arks[utt], fd_dict=self._fds)
-            except Exception as err:
-                raise MemsvError(
-                    f"{self.scp}: cannot read features of {utt!r} ({type(err).__name__}: {err})"
-                ) from None
+            mat = self._reader.load(self.arks[utt], utt)
             if mat.ndim != 2:
                 raise InputError(self.scp, f"features of {utt!r} are not a (frames, dim) matrix")
             mats.append(mean_normalise(mat))

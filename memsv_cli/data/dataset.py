@@ -16,13 +16,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import kaldiio
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from memsv_cli.data.ark import ArkReader
 from memsv_cli.data.kaldi_dir import c_sorted, read_table, read_utt2spk
 from memsv_cli.errors import InputError, MemsvError
 
@@ -150,22 +150,13 @@ class ChunkDataset(Dataset):
         self, data: TrainingData, chunk_frames: int = 200, spec_aug: SpecAugment | None = None
     ) -> None:
         self.data, self.chunk_frames, self.spec_aug = data, chunk_frames, spec_aug
-        self._fds: dict[str, Any] = {}
-        self._pid = os.getpid()
+        self._reader = ArkReader(data.path / "feats.scp")
 
     def __len__(self) -> int:
         return len(self.data.utts)
 
     def _load(self, index: int) -> np.ndarray:
-        if self._pid != os.getpid():  # forked worker: never share a file offset with the parent
-            self._fds, self._pid = {}, os.getpid()
-        try:
-            return kaldiio.load_mat(self.data.arks[index], fd_dict=self._fds)
-        except Exception as err:
-            raise MemsvError(
-                f"{self.data.path / 'feats.scp'}: cannot read features of {self.data.utts[index]!r} "
-                f"({type(err).__name__}: {err})"
-            ) from None
+        return self._reader.load(self.data.arks[index], self.data.utts[index])
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, sample_seed = item
@@ -176,15 +167,8 @@ class ChunkDataset(Dataset):
             chunk = self.spec_aug(chunk, rng)
         return torch.from_numpy(chunk), self.data.labels[index]
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_fds"] = {}  # open files do not pickle (spawned workers open their own)
-        return state
-
     def close(self) -> None:
-        for fd in self._fds.values():
-            fd.close()
-        self._fds = {}
+        self._reader.close()
 
 
 class ChunkBatchSampler(Sampler[list[tuple[int, int]]]):
