@@ -67,6 +67,26 @@ def test_quantisation_rounds_to_the_nearest_map_value():
     assert torch.equal(chosen_err, best_err)
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_unsigned_map_never_encodes_a_positive_value_to_zero_and_is_nearest_otherwise(fast):
+    code = create_dynamic_map(signed=False)
+    x = torch.cat([torch.tensor([1.0, 0.0, 1e-45, 1e-12, 1e-7, 1.6e-7, 1.7e-7]), torch.rand(2000) ** 4])
+    if fast:
+        tables, ws = QuantTables.build(False), Workspace(x.numel(), x.device)
+        codes = torch.empty(x.numel(), dtype=torch.uint8)
+        buf = ws.s1[: x.numel()]
+        buf.copy_(x)
+        quantize_from(buf, torch.empty(1), codes, tables, ws.tmp, ws.idx1, ws.idx2, nonnegative=True)
+    else:
+        codes, _ = quantize_blockwise(x, code, block_size=x.numel())
+    assert codes[1] == 0  # an exact zero stays zero
+    assert bool((codes[x > 0] >= 1).all())  # 1e-45 .. 1.6e-7 would be nearest to 0
+    assert codes[2:6].tolist() == [1, 1, 1, 1]
+    nearest = (x.unsqueeze(1) - code.unsqueeze(0)).abs().argmin(dim=1)
+    above = x >= code[1] / 2  # from the first midpoint on, rounding is nearest as for the signed map
+    assert torch.equal((x - code[codes.long()]).abs()[above], (x - code[nearest]).abs()[above])
+
+
 def test_all_zero_block_stays_exactly_zero_and_short_tail_block_works():
     code = create_dynamic_map(signed=True)
     x = torch.randn(1000)

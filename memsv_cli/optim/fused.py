@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memsv_cli.optim.quant import create_dynamic_map, map_midpoints
+from memsv_cli.optim.quant import create_dynamic_map, decision_thresholds
 
 # Elements per chunk: 2**18 keeps the work buffers at 6 MB (see Workspace), small enough to stay in
 # cache between the ops of one chunk, large enough that per-op overhead is negligible (measured best
@@ -45,7 +45,7 @@ class QuantTables:
     def build(signed: bool, device: torch.device | str = "cpu") -> QuantTables:
         """Build and verify the tables for the signed or unsigned dynamic map."""
         code = create_dynamic_map(signed)
-        mids = map_midpoints(code)
+        mids = decision_thresholds(code)
         upper_mid = torch.cat([mids, torch.tensor([float("inf")])])
         # Bucket h holds the fp32 values whose bit pattern's top 16 bits are h - 32768 (two's complement).
         hi = (torch.arange(_BUCKETS, dtype=torch.int64) - 32768) << 16
