@@ -109,9 +109,9 @@ def _student() -> nn.Module:
     )
 
 
-def _train(name: str, kw: dict, xs, ys) -> tuple[float, torch.optim.Optimizer, nn.Module]:
+def _train(name: str, kw: dict, xs, ys, **kw8) -> tuple[float, torch.optim.Optimizer, nn.Module]:
     model = _student()
-    opt = build_optimizer(name, model.parameters(), **kw)
+    opt = build_optimizer(name, model.parameters(), **kw, **kw8)
     loss_fn = nn.CrossEntropyLoss()
     for x, y in zip(xs, ys, strict=True):
         opt.zero_grad()
@@ -142,12 +142,49 @@ def test_small_conv_net_trained_300_steps_ends_within_5_percent_of_32bit_loss(na
     assert abs(loss8 - loss32) <= 0.05 * loss32, (loss8, loss32)
 
 
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}),
+        ("adam", {"lr": 2e-3}),
+    ],
+)
+def test_8bit_states_for_every_tensor_incl_batchnorm_and_biases_train_as_well_as_32bit(name, kw):
+    """min_8bit_size=1: BatchNorm weights/biases (16 elements, one partial block) and every bias get
+    8-bit states too; the default (one block, 256) is the safer side of this."""
+    xs, ys = _teacher_data(300)
+    loss32, _, _ = _train(name, kw, xs, ys)
+    loss8, opt8, model8 = _train(name + "8bit", kw, xs, ys, min_8bit_size=1)
+    assert all(_quantisation_active(opt8, p) for p in model8.parameters())
+    assert loss32 < 1.5
+    assert abs(loss8 - loss32) <= 0.05 * loss32, (loss8, loss32)
+
+
+def test_adam8bit_second_moment_is_never_rounded_to_zero_so_steps_stay_bounded():
+    # One large gradient and 255 tiny ones in a block: v of the tiny ones is 1e-10 of the block's absmax,
+    # below the unsigned map's first midpoint. Had it been stored as 0, the next step with a zero gradient
+    # there would be m / eps: ~470 x lr. Rounding v up keeps it shorter than fp32 Adam's step.
+    init = torch.zeros(256)
+    g1 = torch.full((256,), 1e-5)
+    g1[0] = 1.0
+    p8, p32 = nn.Parameter(init.clone()), nn.Parameter(init.clone())
+    opt8, opt32 = Adam8bit([p8], lr=1e-3), torch.optim.Adam([p32], lr=1e-3)
+    for g in (g1, torch.zeros(256)):
+        before8, before32 = p8.detach().clone(), p32.detach().clone()
+        p8.grad, p32.grad = g.clone(), g.clone()
+        opt8.step()
+        opt32.step()
+    assert bool((opt8.state[p8]["exp_avg_sq_q"][1:] >= 1).all())
+    step8, step32 = (p8.detach() - before8).abs(), (p32.detach() - before32).abs()
+    assert step8[1:].max() <= step32[1:].max() and step8.max() <= 1.1e-3  # fp32: <= lr
+
+
 @pytest.mark.parametrize("name", ["sgd8bit", "adam8bit", "adamw8bit"])
 def test_state_dict_round_trip_is_bit_identical_and_next_step_identical(name):
     kw = {"lr": 0.01, "momentum": 0.9} if name == "sgd8bit" else {"lr": 1e-3}
     torch.manual_seed(1)
     a = nn.Parameter(torch.randn(64, 100))  # 6,400 elements, tail block of 0
-    b = nn.Parameter(torch.randn(300))  # fp32 state
+    b = nn.Parameter(torch.randn(200))  # under one block: fp32 state
     opt = build_optimizer(name, [a, b], **kw)
     for _ in range(3):
         a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
@@ -201,16 +238,27 @@ def test_load_state_dict_rejects_other_block_size_map_version_and_foreign_states
         opt.load_state_dict(truncated)
 
 
-def test_4095_elements_keep_fp32_state_and_4096_get_8bit():
-    small, big = nn.Parameter(torch.randn(4095)), nn.Parameter(torch.randn(64, 64))
-    opt = Adam8bit([small, big])
+@pytest.mark.parametrize(
+    ("min_8bit_size", "small_shape", "big_shape", "blocks"),
+    [
+        (None, (255,), (16, 16), 1),  # default: one 256-element block (docs/design.md)
+        (4096, (4095,), (64, 64), 16),  # bitsandbytes' default, when asked for
+    ],
+)
+def test_tensors_under_min_8bit_size_keep_fp32_state_and_the_rest_get_8bit(
+    min_8bit_size, small_shape, big_shape, blocks
+):
+    small, big = nn.Parameter(torch.randn(small_shape)), nn.Parameter(torch.randn(big_shape))
+    kw = {} if min_8bit_size is None else {"min_8bit_size": min_8bit_size}
+    opt = Adam8bit([small, big], **kw)
+    assert opt.defaults["min_8bit_size"] == (min_8bit_size or 256)
     small.grad, big.grad = torch.randn_like(small), torch.randn_like(big)
     opt.step()
     assert set(opt.state[small]) == {"step", "exp_avg", "exp_avg_sq"}
     assert opt.state[small]["exp_avg"].dtype == torch.float32
     assert set(opt.state[big]) == {"step", "exp_avg_q", "exp_avg_absmax", "exp_avg_sq_q", "exp_avg_sq_absmax"}
     assert opt.state[big]["exp_avg_q"].dtype == torch.uint8
-    assert opt.state[big]["exp_avg_absmax"].shape == (16,)
+    assert opt.state[big]["exp_avg_absmax"].shape == (blocks,)
 
 
 def test_param_group_with_optim_bits_32_keeps_fp32_state_and_matches_torch_exactly():

@@ -14,6 +14,7 @@ import torch
 from memsv_cli.errors import MemsvError
 from memsv_cli.optim.adam8bit import Adam8bit, AdamW8bit
 from memsv_cli.optim.base import (
+    DEFAULT_MIN_8BIT_SIZE,
     OptimizerStateError,
     UnsupportedOptimizerArgument,
     optimizer_state_bytes,
@@ -99,7 +100,7 @@ def estimate_state_bytes(name: str, params: Any, **kwargs: Any) -> int:
         else:
             n_states, step_bytes = 2, (0 if key.endswith("8bit") else 4)  # torch: fp32 scalar step
         block = opts.get("block_size", 256)
-        min_8bit = opts.get("min_8bit_size", 4096)
+        min_8bit = opts.get("min_8bit_size", DEFAULT_MIN_8BIT_SIZE)
         eight = key.endswith("8bit") and opts.get("optim_bits", 8) == 8
         for p in group["params"]:
             n = p.numel()

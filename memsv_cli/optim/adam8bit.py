@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from memsv_cli.optim.base import Blockwise8bitOptimizer, reject_unsupported
+from memsv_cli.optim.base import DEFAULT_MIN_8BIT_SIZE, Blockwise8bitOptimizer, reject_unsupported
 from memsv_cli.optim.fused import adam_chunk, fusable
 
 
@@ -56,7 +56,7 @@ class Adam8bit(Blockwise8bitOptimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         block_size: int = 256,
-        min_8bit_size: int = 4096,
+        min_8bit_size: int = DEFAULT_MIN_8BIT_SIZE,
         optim_bits: int = 8,
     ) -> None:
         reject_unsupported(
@@ -154,7 +154,7 @@ class AdamW8bit(Adam8bit):
         differentiable: bool = False,
         fused: bool | None = None,
         block_size: int = 256,
-        min_8bit_size: int = 4096,
+        min_8bit_size: int = DEFAULT_MIN_8BIT_SIZE,
         optim_bits: int = 8,
     ) -> None:
         super().__init__(

@@ -21,6 +21,12 @@ from memsv_cli.optim.quant import MAP_VERSION, dequantize_blockwise, num_blocks,
 
 STATE_FORMAT = 1
 STATE_KEY = "memsv_8bit"
+# A tensor gets 8-bit state once it fills one 256-element quantisation block. PAPER.md said 4096 (the
+# bitsandbytes default, two of its old 2048-element blocks); at 4096 a DF-ResNet's many BatchNorm and
+# depthwise tensors keep 1.4-1.6% of its parameters in fp32 state and its states come to 0.265x of
+# 32-bit instead of <= 0.26x. Quantised BN states train as well as fp32 ones (tests/test_optim8bit.py,
+# docs/design.md "8-bit optimizers").
+DEFAULT_MIN_8BIT_SIZE = 256
 _EIGHT_BIT_KEYS = ("block_size", "min_8bit_size", "optim_bits")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from memsv_cli.optim.adam8bit import _flat
-from memsv_cli.optim.base import Blockwise8bitOptimizer, reject_unsupported
+from memsv_cli.optim.base import DEFAULT_MIN_8BIT_SIZE, Blockwise8bitOptimizer, reject_unsupported
 from memsv_cli.optim.fused import fusable, sgd_chunk
 
 
@@ -42,7 +42,7 @@ class SGD8bit(Blockwise8bitOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         block_size: int = 256,
-        min_8bit_size: int = 4096,
+        min_8bit_size: int = DEFAULT_MIN_8BIT_SIZE,
         optim_bits: int = 8,
     ) -> None:
         reject_unsupported(type(self).__name__, foreach=foreach, differentiable=differentiable, fused=fused)
