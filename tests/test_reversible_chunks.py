@@ -13,8 +13,10 @@ from memsv_cli.cli import main
 from memsv_cli.errors import MemsvError
 from memsv_cli.models import get_model
 from memsv_cli.models import reversible as rv
+from memsv_cli.models.backbone import scaled_chunks
 from memsv_cli.models.chunked import capture_bn_stats, chunkable, chunked_vjp
-from memsv_cli.models.dfresnet import inverted_bottleneck
+from memsv_cli.models.dfresnet import dfresnet_parts, inverted_bottleneck
+from memsv_cli.models.resnet import resnet_parts
 from memsv_cli.profile import StepSetup, measure_step
 from memsv_cli.profile.fake import fake_cpu
 
@@ -49,7 +51,7 @@ def test_chunked_gradients_and_statistics_equal_unchunked_and_autograd(name: str
     feats = torch.randn(5, 19, FEAT, dtype=torch.float64)  # batch 5: not divisible by 2 or 4
     grads_ref, bufs_ref = _run(plain, feats)
     grads_1, bufs_1 = _run(copy.deepcopy(model), feats)
-    for chunks in (2, 3):
+    for chunks in (3, 8):  # scaled per layer (3: 3/2/1/1 by stage, 8: 8/4/2/1): mixed K in one model
         chunked = get_model(name, feat_dim=FEAT, embed_dim=6, base_width=4, recompute_chunks=chunks).double()
         chunked.load_state_dict(model.state_dict())
         grads, bufs = _run(chunked, feats)
@@ -60,6 +62,34 @@ def test_chunked_gradients_and_statistics_equal_unchunked_and_autograd(name: str
         for b, b_ref, b_1 in zip(bufs, bufs_ref, bufs_1, strict=True):
             assert torch.equal(b, b_1) and torch.equal(b, b_ref)
         assert all(int(b) == 1 for b in bufs if b.dim() == 0)
+
+
+def test_chunks_scale_with_feature_map_size_largest_maps_get_k() -> None:
+    def runs(ks: list[int]) -> list[list[int]]:  # [[K, how many consecutive units], ...]
+        out: list[list[int]] = []
+        for k in ks:
+            if out and out[-1][0] == k:
+                out[-1][1] += 1
+            else:
+                out.append([k, 1])
+        return out
+
+    stem, units = dfresnet_parts(233, 32)
+    stem_k, unit_k = scaled_chunks(units, 32, 4)
+    # stage 1 (32 ch, full resolution) and the stage-2 down-sampling layer that reads it: 4;
+    # stage 2 (64 ch at 1/4 of the positions) and the stage-3 down-sampling layer: 2; the rest: 1.
+    assert stem_k == 4 and runs(unit_k) == [[4, 5], [2, 9], [1, 67]]
+    assert scaled_chunks(units, 32, 1) == (1, [1] * len(units))
+    _, units = resnet_parts(293, 32)  # Bottleneck stage 1 carries 128 channels: the 32-channel stem gets 2
+    stem_k, unit_k = scaled_chunks(units, 32, 8)
+    assert stem_k == 2 and runs(unit_k) == [[8, 11], [4, 20], [2, 64], [1, 2]]
+    model = get_model("rev_dfresnet56", base_width=4, recompute_chunks=4)
+    chains = [m.recompute_chunks for m in model.modules() if isinstance(m, rv.ReversibleChain)]
+    assert chains == [(4, 4, 4), (2, 2, 2), (1,) * 9, (1, 1, 1)]
+    assert model.stem.recompute_chunks == 4
+    fullrev = get_model("fullrev_dfresnet56", recompute_chunks=4)
+    (chain,) = [m for m in fullrev.modules() if isinstance(m, rv.ReversibleChain)]
+    assert chain.recompute_chunks == tuple(scaled_chunks(dfresnet_parts(56, 32)[1], 32, 4)[1])
 
 
 def test_chunked_vjp_matches_autograd_for_one_sample_chunks() -> None:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -32,29 +33,55 @@ from memsv_cli.models.units import ProjectedBranch, Unit
 VARIANTS = ("vanilla", "rev", "fullrev")
 
 
-def _type1_body(units: list[Unit], reversible_backward: bool, chunks: int = 1) -> nn.Sequential:
+def scaled_chunks(units: list[Unit], stem_ch: int, chunks: int) -> tuple[int, list[int]]:
+    """Micro-batches for the stem and for each unit under ``recompute_chunks=chunks``.
+
+    ``chunks`` goes to the layers with the largest feature maps; the others get
+    ``ceil(chunks * size / largest)``, at least 1, where a unit's size is the per-sample element count
+    of its larger end, ``channels / (frequency stride * time stride so far)`` (the stem: its output).
+    Why: the recomputation of one layer is what chunking shrinks, and it scales with the layer's maps;
+    the step's peak sits at the largest ones. Chunking small maps as finely buys no memory and costs
+    time: for rev_dfresnet233 at K = 4 this rule and a uniform K give the same peak (4.34 GiB), and
+    the deep, low-resolution stages that hold most of the compute run unchunked (docs/results.md).
+    """
+    area = 1
+    sizes: list[Fraction] = []
+    for unit in units:
+        size_in = Fraction(unit.in_ch, area)
+        area *= unit.stride[0] * unit.stride[1]
+        sizes.append(max(size_in, Fraction(unit.out_ch, area)))
+    largest = max(Fraction(stem_ch), *sizes)
+
+    def k(size: Fraction) -> int:
+        return max(1, math.ceil(chunks * size / largest))
+
+    return k(Fraction(stem_ch)), [k(size) for size in sizes]
+
+
+def _type1_body(units: list[Unit], reversible_backward: bool, chunks: list[int]) -> nn.Sequential:
     body: list[nn.Module] = []
-    run: list[Unit] = []
+    run: list[tuple[Unit, int]] = []
 
     def flush() -> None:
         if run:
-            c = run[0].in_ch
-            steps = [HalfStep(u.branch, c, c, c) for u in run]
-            body.append(ReversibleSequence(ReversibleChain(steps, reversible_backward, chunks), c))
+            c = run[0][0].in_ch
+            steps = [HalfStep(u.branch, c, c, c) for u, _ in run]
+            chain = ReversibleChain(steps, reversible_backward, [k for _, k in run])
+            body.append(ReversibleSequence(chain, c))
             run.clear()
 
-    for unit in units:
+    for unit, k in zip(units, chunks, strict=True):
         if unit.shape_preserving:
-            run.append(unit)
+            run.append((unit, k))
         else:
             flush()
-            body.append(Recomputed(unit, reversible_backward, chunks))
+            body.append(Recomputed(unit, reversible_backward, k))
     flush()
     return nn.Sequential(*body)
 
 
 def _type2_body(
-    units: list[Unit], stem_ch: int, reversible_backward: bool, chunks: int = 1
+    units: list[Unit], stem_ch: int, reversible_backward: bool, chunks: list[int]
 ) -> ReversibleSequence:
     steps: list[HalfStep] = []
     stream = stem_ch
@@ -78,8 +105,9 @@ class SpeakerNet(nn.Module):
         variant: ``"vanilla"``, ``"rev"`` or ``"fullrev"``.
         reversible_backward: for ``rev``/``fullrev``: memory-saving backward (True) or plain autograd
             through the identical function (False).
-        recompute_chunks: for ``rev``/``fullrev``: recompute every reversible step and recomputed layer
-            over this many micro-batches in backward (exact, :mod:`memsv_cli.models.chunked`); 1 = off.
+        recompute_chunks: for ``rev``/``fullrev``: recompute the reversible steps and recomputed layers
+            of the largest feature maps over this many micro-batches in backward, smaller maps over
+            proportionally fewer (:func:`scaled_chunks`; exact, :mod:`memsv_cli.models.chunked`); 1 = off.
     """
 
     def __init__(
@@ -102,13 +130,14 @@ class SpeakerNet(nn.Module):
         out_freq = feat_dim
         for unit in units:  # 'same'-padded strided convs give ceil(n / s)
             out_freq = -(-out_freq // unit.stride[0])
-        self.stem = stem if variant == "vanilla" else Recomputed(stem, reversible_backward, recompute_chunks)
+        stem_chunks, unit_chunks = scaled_chunks(units, stem_ch, recompute_chunks)
+        self.stem = stem if variant == "vanilla" else Recomputed(stem, reversible_backward, stem_chunks)
         if variant == "vanilla":
             self.body: nn.Module = nn.Sequential(*units)
         elif variant == "rev":
-            self.body = _type1_body(units, reversible_backward, recompute_chunks)
+            self.body = _type1_body(units, reversible_backward, unit_chunks)
         else:
-            self.body = _type2_body(units, stem_ch, reversible_backward, recompute_chunks)
+            self.body = _type2_body(units, stem_ch, reversible_backward, unit_chunks)
         self.pool = TSTP(units[-1].out_ch * out_freq)
         self.embedding = nn.Linear(self.pool.out_dim, embed_dim)
 

@@ -262,9 +262,9 @@ class _ChainFunction(torch.autograd.Function):
         a_in, b_in = a, b
         rng: list[tuple | None] = []
         stats: list[dict | None] = []
-        for step in chain.steps:
+        for step, chunks in zip(chain.steps, chain.recompute_chunks, strict=True):
             before = _rng_state(device)
-            chunked = chain.recompute_chunks > 1 and chunkable(step.f)
+            chunked = chunks > 1 and chunkable(step.f)
             with capture_bn_stats(step.f) if chunked else contextlib.nullcontext() as bn_stats:
                 # Intermediates are the Function's own and dead after use: update them in place.
                 a, b = step(a, b, a_is_scratch=not (_shares_memory(a, a_in) or _shares_memory(a, b_in)))
@@ -299,7 +299,7 @@ class _ChainFunction(torch.autograd.Function):
             wanted = [p for p, n in zip(params, needs[offset : offset + len(params)], strict=True) if n]
             with _replay_rng(ctx.rng[i], ctx.device), frozen_batchnorm_stats(step):
                 c, d, ga, gb, grads = step.backward_step(
-                    c, d, ga, gb, wanted, ctx.autocast, protected, chain.recompute_chunks, ctx.bn_stats[i]
+                    c, d, ga, gb, wanted, ctx.autocast, protected, chain.recompute_chunks[i], ctx.bn_stats[i]
                 )
             it = iter(grads)
             step_grads = [next(it) if n else None for n in needs[offset : offset + len(params)]]
@@ -389,10 +389,14 @@ class ReversibleChain(nn.Module):
             False: plain autograd through the same function (the reference).
         recompute_chunks: K > 1 recomputes and differentiates each step's f over K micro-batches of
             the batch in backward (exact; :mod:`memsv_cli.models.chunked`): less peak memory, more time.
+            One K for every step, or one per step (the models give large feature maps more chunks).
     """
 
     def __init__(
-        self, steps: Sequence[HalfStep], reversible_backward: bool = True, recompute_chunks: int = 1
+        self,
+        steps: Sequence[HalfStep],
+        reversible_backward: bool = True,
+        recompute_chunks: int | Sequence[int] = 1,
     ) -> None:
         super().__init__()
         for prev, nxt in zip(steps[:-1], steps[1:], strict=False):
@@ -400,7 +404,11 @@ class ReversibleChain(nn.Module):
                 raise ValueError(f"stream width mismatch: {prev.stream_out} then {nxt.stream_ch}")
         self.steps = nn.ModuleList(steps)
         self.reversible_backward = reversible_backward
-        self.recompute_chunks = recompute_chunks
+        if isinstance(recompute_chunks, int):
+            recompute_chunks = [recompute_chunks] * len(steps)
+        if len(recompute_chunks) != len(steps):
+            raise ValueError(f"{len(recompute_chunks)} chunk counts for {len(steps)} steps")
+        self.recompute_chunks: tuple[int, ...] = tuple(recompute_chunks)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reversible_backward and torch.is_grad_enabled():
