@@ -39,8 +39,9 @@ def profile_memory_command(
     recompute_chunks: int = typer.Option(
         1,
         "--recompute-chunks",
-        help="rev_/fullrev_ models: recompute each reversible step over K micro-batches in backward "
-        "(exact gradients, lower peak, more time); 1 = off. The baseline is unaffected.",
+        help="rev_/fullrev_ models: recompute the layers with the largest feature maps over K "
+        "micro-batches in backward, smaller maps over fewer (exact gradients, lower peak, more time); "
+        "1 = off. The baseline is unaffected.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object instead of the table."),
 ) -> None:

@@ -69,9 +69,10 @@ def get_model(
             ResNets, 32/32/64/128/256 for the DF-ResNets). Tests use 4-16.
         reversible_backward (rev_/fullrev_ only, default True): False computes the identical function
             with plain autograd (caching every activation), for checks and debugging.
-        recompute_chunks (rev_/fullrev_ only, default 1): K > 1 recomputes each reversible step (and
-            recomputed layer) over K micro-batches in backward: exact gradients, lower peak memory, more
-            time (docs/design.md).
+        recompute_chunks (rev_/fullrev_ only, default 1): K > 1 recomputes the reversible steps and
+            recomputed layers with the largest feature maps over K micro-batches in backward, smaller
+            maps over proportionally fewer (``backbone.scaled_chunks``): exact gradients, lower peak
+            memory, more time (docs/design.md).
     Raises:
         MemsvError: unknown name, bad sizes, or an argument this model does not take.
     """
