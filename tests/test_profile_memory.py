@@ -53,14 +53,16 @@ def test_fullrev_activation_bytes_do_not_grow_with_depth() -> None:
     assert acts["resnet101"] > 3 * acts["fullrev_resnet101"]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_8bit_optimizer_states_are_at_most_026x_of_32bit_on_resnet34(optimizer: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "optimizer"), [("resnet34", "sgd"), ("resnet34", "adam"), ("dfresnet56", "sgd")]
+)
+def test_8bit_optimizer_states_are_at_most_026x_of_32bit_in_the_report(model: str, optimizer: str) -> None:
+    # DF-ResNets have many BatchNorm / depthwise tensors of 128-1024 elements: at bitsandbytes'
+    # min_8bit_size of 4096 they kept fp32 state and the ratio was 0.260-0.265 (docs/design.md).
     setup = dict(TINY, feat_dim=80, embed_dim=256, num_speakers=5994)
-    full = measure_step(
-        model_builder("resnet34", 80, 256, 32), StepSetup(**setup, optimizer=optimizer), "meta"
-    )
+    full = measure_step(model_builder(model, 80, 256, 32), StepSetup(**setup, optimizer=optimizer), "meta")
     low = measure_step(
-        model_builder("resnet34", 80, 256, 32), StepSetup(**setup, optimizer=optimizer + "8bit"), "meta"
+        model_builder(model, 80, 256, 32), StepSetup(**setup, optimizer=optimizer + "8bit"), "meta"
     )
     ratio = low.optimizer_states / full.optimizer_states
     assert 0.25 < ratio <= 0.26
