@@ -10,6 +10,7 @@ from torch import nn
 
 from memsv_cli.models import get_model, reconstruction_error, saved_activation_bytes
 from memsv_cli.models import reversible as rv
+from memsv_cli.profile.tracker import StorageTracker
 
 FEAT = 16
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
@@ -209,6 +210,32 @@ def test_caller_tensors_are_neither_mutated_nor_freed() -> None:
     model, _ = _pair("fullrev_dfresnet56")
     _loss(model(feats)).backward()
     assert torch.equal(feats, feats_copy)
+
+
+def test_sequence_backward_rebuilds_inside_its_chains_outputs_and_gradients() -> None:
+    # A ReversibleSequence merges its chain's outputs at once, so the chain's backward may write into
+    # them and their gradients: same gradients, bit for bit, and two stream copies fewer at the peak.
+    torch.manual_seed(3)
+    steps = [
+        rv.HalfStep(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)), 8, 8, 8)
+        for _ in range(3)
+    ]
+    seq = rv.ReversibleSequence(rv.ReversibleChain(steps), 8).double()
+    assert seq.chain.outputs_private
+    x = torch.randn(4, 8, 16, 16, dtype=torch.float64)
+    stream = x.numel() * x.element_size()
+    grads, peaks = {}, {}
+    for private in (True, False):
+        seq.chain.outputs_private = private
+        xi = x.clone().requires_grad_(True)
+        with StorageTracker() as tracker:
+            tracker.track(seq.parameters())
+            seq(xi).pow(2).sum().backward()
+        peaks[private] = tracker.peak_bytes
+        grads[private] = [xi.grad, *(p.grad.clone() for p in seq.parameters())]
+        seq.zero_grad(set_to_none=True)
+    assert all(torch.equal(g, h) for g, h in zip(grads[True], grads[False], strict=True))
+    assert peaks[True] <= peaks[False] - 2 * stream
 
 
 @pytest.mark.parametrize("name", ["rev_resnet18", "fullrev_dfresnet56"])

@@ -287,8 +287,17 @@ class _ChainFunction(torch.autograd.Function):
     @once_differentiable  # the rebuilt graph is consumed inside; double backward is not supported
     def backward(ctx, ga: torch.Tensor, gb: torch.Tensor):
         c, d = ctx.saved_tensors
-        protected = (c, d, ga, gb)
         chain: ReversibleChain = ctx.chain
+        if chain.outputs_private:
+            # The outputs fed only the owner's merge, whose backward made ga and gb afresh: all four are
+            # dead after this call, so the walk rebuilds the streams and their gradients inside them
+            # (two full-size stream copies fewer at the chain's last step). The merge hands both
+            # streams one gradient tensor; one of them gets its own copy.
+            if _shares_memory(ga, gb):
+                gb = gb.clone()
+            protected: tuple[torch.Tensor, ...] = ()
+        else:
+            protected = (c, d, ga, gb)
         needs = ctx.needs_input_grad[3:]
         all_grads: list[torch.Tensor | None] = []
         offset = len(needs)
@@ -409,6 +418,9 @@ class ReversibleChain(nn.Module):
         if len(recompute_chunks) != len(steps):
             raise ValueError(f"{len(recompute_chunks)} chunk counts for {len(steps)} steps")
         self.recompute_chunks: tuple[int, ...] = tuple(recompute_chunks)
+        # Set by an owner that uses the outputs only transiently (ReversibleSequence): the backward may
+        # then reuse them, and their incoming gradients, as scratch. Off, no caller tensor is touched.
+        self.outputs_private = False
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reversible_backward and torch.is_grad_enabled():
@@ -431,6 +443,7 @@ class ReversibleSequence(nn.Module):
         super().__init__()
         self.chain = chain
         self.out_ch = out_ch
+        chain.outputs_private = True  # forward merges them at once and keeps neither
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
