@@ -238,6 +238,28 @@ def test_sequence_backward_rebuilds_inside_its_chains_outputs_and_gradients() ->
     assert peaks[True] <= peaks[False] - 2 * stream
 
 
+def test_type2_transitions_unshuffle_into_the_dead_streams_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A down-sampling half-step's backward writes the depth-to-space of each dead stream back over its
+    # own memory: same gradients bit for bit, a lower peak than four fresh copies.
+    torch.manual_seed(4)
+    model = get_model("fullrev_resnet18", feat_dim=FEAT, embed_dim=6, base_width=4).double()
+    feats = torch.randn(4, 32, FEAT, dtype=torch.float64)
+    grads, peaks = {}, {}
+    for in_place in (True, False):
+        if not in_place:
+            monkeypatch.setattr(rv.HalfStep, "unshuffle_scratch", lambda self, y, scratch: self.unshuffle(y))
+        m = copy.deepcopy(model)
+        with StorageTracker() as tracker:
+            tracker.track(m.parameters())
+            tracker.track(m.buffers())
+            _loss(m(feats)).backward()
+        peaks[in_place] = tracker.peak_bytes
+        grads[in_place] = [p.grad for p in m.parameters()]
+    assert all(torch.equal(g, h) for g, h in zip(grads[True], grads[False], strict=True))
+    stream = 4 * 4 * FEAT * 32 * 8  # batch 4 x 4 channels x 16 x 32 in float64: elements stay through psi
+    assert peaks[True] <= peaks[False] - 2 * stream
+
+
 @pytest.mark.parametrize("name", ["rev_resnet18", "fullrev_dfresnet56"])
 def test_eval_and_no_grad_inference_run_the_plain_loop(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model, plain = _pair(name)

@@ -111,6 +111,17 @@ class HalfStep(nn.Module):
         k = self.stream_ch * self.factor[0] * self.factor[1]
         return depth_to_space(y[:, :k] if y.shape[1] > k else y, *self.factor)
 
+    def unshuffle_scratch(self, y: torch.Tensor, scratch: bool) -> torch.Tensor:
+        """:meth:`unshuffle`, written back over ``y``'s own memory when ``y`` is scratch (dead after
+        this call): a down-sampling step's depth-to-space then costs one stream-sized temporary at a
+        time instead of a second copy of all four streams (the Type II transitions' backward peak)."""
+        if not scratch or self.factor == (1, 1) or not y.is_contiguous():
+            return self.unshuffle(y)
+        out = self.unshuffle(y)  # depth-to-space permutes: a new tensor
+        home = y.view(-1)[: out.numel()].view(out.shape)
+        home.copy_(out)
+        return home
+
     def branch(self, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """f on the active channels, cast to the stream dtype (f may run in bf16 under autocast)."""
         x = b[:, : self.in_ch] if self.in_ch < b.shape[1] else b
@@ -168,18 +179,21 @@ class HalfStep(nn.Module):
         """
         if chunks > 1 and bn_stats is not None:
             return self._chunked_backward_step(c, d, gc, gd, params, autocast, protected, chunks, bn_stats)
-        b = self.unshuffle(c).detach()
+        c_scratch, d_scratch, gc_scratch, gd_scratch = (
+            not any(_shares_memory(x, t) for t in protected) for x in (c, d, gc, gd)
+        )
+        b = self.unshuffle_scratch(c, c_scratch).detach()
         b_act = (b[:, : self.in_ch] if self.in_ch < b.shape[1] else b).detach().requires_grad_(True)
         with torch.enable_grad(), torch.autocast(autocast[0], dtype=autocast[2], enabled=autocast[1]):
             fb = self.f(b_act).to(d.dtype)
-        d_scratch = not any(_shares_memory(d, t) for t in protected)
-        a = self.unshuffle(self._add(d, fb.detach(), -1.0, inplace=d_scratch))
+        a = self.unshuffle_scratch(self._add(d, fb.detach(), -1.0, inplace=d_scratch), d_scratch)
         g_fb = gd[:, : self.out_ch] if self.out_ch < gd.shape[1] else gd
         grads = torch.autograd.grad(fb, [b_act, *params], g_fb, allow_unused=True)
-        ga = self.unshuffle(gd)
-        gb = self.unshuffle(gc)
+        del g_fb  # gd is rewritten next
+        ga = self.unshuffle_scratch(gd, gd_scratch)
+        gb = self.unshuffle_scratch(gc, gc_scratch)
         if grads[0] is not None:
-            if not any(_shares_memory(gc, t) for t in protected):
+            if gc_scratch:
                 (gb if self.in_ch == gb.shape[1] else gb[:, : self.in_ch]).add_(grads[0])
             elif self.in_ch == gb.shape[1]:
                 gb = gb + grads[0]
@@ -190,7 +204,7 @@ class HalfStep(nn.Module):
     def _chunked_backward_step(self, c, d, gc, gd, params, autocast, protected, chunks, bn_stats):  # noqa: ANN001, ANN202
         """:meth:`backward_step` over micro-batches: the input stream ``a`` is rebuilt micro-batch by
         micro-batch from the first pass's outputs, written into ``d`` (or a copy of it, if protected)."""
-        b = self.unshuffle(c).detach()
+        b = self.unshuffle_scratch(c, not any(_shares_memory(c, t) for t in protected)).detach()
         b_act = (b[:, : self.in_ch] if self.in_ch < b.shape[1] else b).detach()
         if any(_shares_memory(d, t) for t in protected):
             d = d.clone()
@@ -204,13 +218,16 @@ class HalfStep(nn.Module):
             head[sl].sub_(fb)
 
         g_fb = gd[:, : self.out_ch] if self.out_ch < gd.shape[1] else gd
-        gb = self.unshuffle(gc)
-        if any(_shares_memory(gc, t) for t in protected):
+        gc_scratch = not any(_shares_memory(gc, t) for t in protected)
+        gb = self.unshuffle_scratch(gc, gc_scratch)
+        if not gc_scratch:
             gb = gb.clone()
         # b's gradient from f is added into gb micro-batch by micro-batch (no full-size buffer).
         gb_act = gb if self.in_ch == gb.shape[1] else gb[:, : self.in_ch]
         _, grads = chunked_vjp(f, b_act, g_fb, params, bn_stats, chunks, on_output=rebuild, gx_into=gb_act)
-        return self.unshuffle(d), b, self.unshuffle(gd), gb, tuple(grads)
+        del g_fb
+        gd_scratch = not any(_shares_memory(gd, t) for t in protected)
+        return self.unshuffle_scratch(d, True), b, self.unshuffle_scratch(gd, gd_scratch), gb, tuple(grads)
 
 
 @contextlib.contextmanager
