@@ -77,6 +77,11 @@ def _shares_memory(x: torch.Tensor, y: torch.Tensor) -> bool:
     return x.untyped_storage()._cdata == y.untyped_storage()._cdata
 
 
+def _scratch(x: torch.Tensor, protected: Sequence[torch.Tensor]) -> bool:
+    """Whether ``x`` is the backward's own to overwrite: it shares memory with no protected tensor."""
+    return not any(_shares_memory(x, t) for t in protected)
+
+
 class HalfStep(nn.Module):
     """``(a, b) -> (R(b), R(a) + P(f(b[:, :in_ch])))``; streams ``(B, stream_ch, H, W)``.
 
@@ -179,9 +184,7 @@ class HalfStep(nn.Module):
         """
         if chunks > 1 and bn_stats is not None:
             return self._chunked_backward_step(c, d, gc, gd, params, autocast, protected, chunks, bn_stats)
-        c_scratch, d_scratch, gc_scratch, gd_scratch = (
-            not any(_shares_memory(x, t) for t in protected) for x in (c, d, gc, gd)
-        )
+        c_scratch, d_scratch, gc_scratch, gd_scratch = (_scratch(x, protected) for x in (c, d, gc, gd))
         b = self.unshuffle_scratch(c, c_scratch).detach()
         b_act = (b[:, : self.in_ch] if self.in_ch < b.shape[1] else b).detach().requires_grad_(True)
         with torch.enable_grad(), torch.autocast(autocast[0], dtype=autocast[2], enabled=autocast[1]):
@@ -204,9 +207,9 @@ class HalfStep(nn.Module):
     def _chunked_backward_step(self, c, d, gc, gd, params, autocast, protected, chunks, bn_stats):  # noqa: ANN001, ANN202
         """:meth:`backward_step` over micro-batches: the input stream ``a`` is rebuilt micro-batch by
         micro-batch from the first pass's outputs, written into ``d`` (or a copy of it, if protected)."""
-        b = self.unshuffle_scratch(c, not any(_shares_memory(c, t) for t in protected)).detach()
+        b = self.unshuffle_scratch(c, _scratch(c, protected)).detach()
         b_act = (b[:, : self.in_ch] if self.in_ch < b.shape[1] else b).detach()
-        if any(_shares_memory(d, t) for t in protected):
+        if not _scratch(d, protected):
             d = d.clone()
         head = d if self.out_ch == d.shape[1] else d[:, : self.out_ch]
 
@@ -218,16 +221,15 @@ class HalfStep(nn.Module):
             head[sl].sub_(fb)
 
         g_fb = gd[:, : self.out_ch] if self.out_ch < gd.shape[1] else gd
-        gc_scratch = not any(_shares_memory(gc, t) for t in protected)
+        gc_scratch = _scratch(gc, protected)
         gb = self.unshuffle_scratch(gc, gc_scratch)
-        if not gc_scratch:
+        if not gc_scratch and _shares_memory(gb, gc):  # a down-sampling step's unshuffle already copied
             gb = gb.clone()
         # b's gradient from f is added into gb micro-batch by micro-batch (no full-size buffer).
         gb_act = gb if self.in_ch == gb.shape[1] else gb[:, : self.in_ch]
         _, grads = chunked_vjp(f, b_act, g_fb, params, bn_stats, chunks, on_output=rebuild, gx_into=gb_act)
-        del g_fb
-        gd_scratch = not any(_shares_memory(gd, t) for t in protected)
-        return self.unshuffle_scratch(d, True), b, self.unshuffle_scratch(gd, gd_scratch), gb, tuple(grads)
+        ga = self.unshuffle_scratch(gd, _scratch(gd, protected))
+        return self.unshuffle_scratch(d, True), b, ga, gb, tuple(grads)
 
 
 @contextlib.contextmanager
