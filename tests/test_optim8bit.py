@@ -12,6 +12,8 @@ from torch import nn
 import memsv_cli.optim.base as optim_base
 from memsv_cli.errors import MemsvError
 from memsv_cli.optim import (
+    OPTIMIZER_NAMES,
+    OPTIMIZERS,
     Adam8bit,
     AdamW8bit,
     OptimizerStateError,
@@ -19,6 +21,8 @@ from memsv_cli.optim import (
     UnsupportedOptimizerArgument,
     build_optimizer,
     estimate_state_bytes,
+    full_precision_name,
+    optimizer_family,
     optimizer_state_bytes,
 )
 from memsv_cli.optim.fused import Workspace
@@ -321,6 +325,42 @@ def test_adam_with_decoupled_weight_decay_is_adamw():
         a.step()
         w.step()
     assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [(SGD8bit, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-2}), (Adam8bit, {"weight_decay": 1e-2}),
+     (AdamW8bit, {})],
+)  # fmt: skip
+def test_maximize_with_low_precision_8bit_params_is_descent_on_the_negated_gradient(cls, kw, dtype):
+    """bf16/fp16 params with 8-bit state take the plain-op path; maximize used to crash there."""
+    init = torch.randn(600).to(dtype)
+    p, q = nn.Parameter(init.clone()), nn.Parameter(init.clone())
+    up, down = cls([p], maximize=True, **kw), cls([q], **kw)
+    for _ in range(3):
+        g = torch.randn(600).to(dtype)
+        p.grad, q.grad = g, -g
+        up.step()
+        down.step()
+    assert _quantisation_active(up, p)
+    assert torch.equal(p, q)
+
+
+def test_optimizer_names_and_families_come_from_one_table():
+    assert OPTIMIZER_NAMES == ("sgd", "sgd8bit", "adam", "adam8bit", "adamw", "adamw8bit")
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
+    full = [full_precision_name(n) for n in OPTIMIZER_NAMES]
+    assert full == ["sgd", "sgd", "adam", "adam", "adamw", "adamw"]
+    assert [optimizer_family(n) for n in OPTIMIZER_NAMES] == ["sgd", "sgd", "adam", "adam", "adam", "adam"]
+    assert full_precision_name("AdamW8bit") == "adamw"
+    for name in OPTIMIZER_NAMES:  # every 8-bit name's twin is the torch.optim class of its full name
+        cls = OPTIMIZERS[full_precision_name(name)]
+        assert cls.__module__.startswith("torch.optim")
+    with pytest.raises(MemsvError, match="unknown optimizer 'lamb'; choose one of: sgd, sgd8bit"):
+        full_precision_name("lamb")
+    with pytest.raises(MemsvError, match="unknown optimizer"):
+        optimizer_family("adam4bit")
 
 
 @pytest.mark.parametrize(

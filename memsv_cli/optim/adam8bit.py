@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from memsv_cli.optim.base import DEFAULT_MIN_8BIT_SIZE, Blockwise8bitOptimizer, reject_unsupported
-from memsv_cli.optim.fused import adam_chunk, fusable
+from memsv_cli.optim.fused import QuantTables, Workspace, adam_chunk
 
 
 class Adam8bit(Blockwise8bitOptimizer):
@@ -92,48 +92,55 @@ class Adam8bit(Blockwise8bitOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _update_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        lr = float(group["lr"])
+    def _hyperparams(self, group: dict[str, Any]) -> dict[str, Any]:
+        """lr, beta1, beta2, eps, weight_decay, decoupled, maximize: :func:`fused.adam_chunk`'s names."""
         beta1, beta2 = (float(b) for b in group["betas"])
-        eps, wd = float(group["eps"]), float(group["weight_decay"])
-        decoupled, maximize = bool(group["decoupled_weight_decay"]), bool(group["maximize"])
-        bs = group["block_size"]
-        eight = [p for p in params if self.uses_8bit(p, group)]
-        workspaces = self.workspaces_for(eight, bs)
-        # fp32-state tensors (biases, BatchNorm, small layers) of one device go through one fused call.
-        batched: dict[torch.device, list[torch.Tensor]] = {}
-        for p in params:
-            state = self.init_state(p, group)
-            state["step"] += 1
-            step = state["step"]
-            if not self.uses_8bit(p, group):
-                if fusable(p, p.grad):
-                    batched.setdefault(p.device, []).append(p)
-                else:
-                    _adam_fp32(p, p.grad, state["exp_avg"], state["exp_avg_sq"], lr, beta1, beta2, eps, wd,
-                               decoupled, maximize, step)  # fmt: skip
-                continue
-            ws = workspaces[p.device]
-            signed, unsigned = self.tables(True, p.device), self.tables(False, p.device)
-            flat_p, flat_g = _flat(p), _flat(p.grad)
-            c1, c2 = state["exp_avg_q"].view(-1), state["exp_avg_sq_q"].view(-1)
-            a1, a2 = state["exp_avg_absmax"], state["exp_avg_sq_absmax"]
-            for s, e, b0, b1 in self.chunks(p.numel(), bs):
-                adam_chunk(
-                    flat_p[s:e], flat_g[s:e], c1[s:e], a1[b0:b1], c2[s:e], a2[b0:b1], ws, signed, unsigned,
-                    block_size=bs, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
-                    decoupled=decoupled, maximize=maximize, step=step,
-                )  # fmt: skip
-            if flat_p.data_ptr() != p.data_ptr():
-                p.copy_(flat_p.view_as(p))
-        for device, ps in batched.items():
-            kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-            steps = [torch.tensor(float(self.state[p]["step"]), device=device) for p in ps]
-            kernel(
-                ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
-                [self.state[p]["exp_avg_sq"] for p in ps], [], steps, lr=lr, beta1=beta1, beta2=beta2,
-                weight_decay=wd, eps=eps, amsgrad=False, maximize=maximize,
-            )  # fmt: skip
+        return {
+            "lr": float(group["lr"]),
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": float(group["eps"]),
+            "weight_decay": float(group["weight_decay"]),
+            "decoupled": bool(group["decoupled_weight_decay"]),
+            "maximize": bool(group["maximize"]),
+        }
+
+    def _update_chunk(
+        self,
+        param: torch.Tensor,
+        grad: torch.Tensor,
+        codes: list[torch.Tensor],
+        absmax: list[torch.Tensor],
+        ws: Workspace,
+        tables: list[QuantTables],
+        hp: dict[str, Any],
+        *,
+        block_size: int,
+        step: int,
+    ) -> None:
+        """One chunk through :func:`fused.adam_chunk` (index 0: ``exp_avg``, 1: ``exp_avg_sq``)."""
+        adam_chunk(
+            param, grad, codes[0], absmax[0], codes[1], absmax[1], ws, tables[0], tables[1],
+            block_size=block_size, step=step, **hp,
+        )  # fmt: skip
+
+    def _update_fp32_batch(
+        self, params: list[torch.Tensor], states: list[dict[str, Any]], hp: dict[str, Any], first: bool
+    ) -> None:
+        """torch.optim.Adam(fused=True)'s kernel (AdamW's for decoupled decay); steps are per tensor."""
+        kernel = torch._fused_adamw_ if hp["decoupled"] else torch._fused_adam_
+        device = params[0].device
+        steps = [torch.tensor(float(state["step"]), device=device) for state in states]
+        kernel(
+            params, [p.grad for p in params], [state["exp_avg"] for state in states],
+            [state["exp_avg_sq"] for state in states], [], steps, lr=hp["lr"], beta1=hp["beta1"],
+            beta2=hp["beta2"], weight_decay=hp["weight_decay"], eps=hp["eps"], amsgrad=False,
+            maximize=hp["maximize"],
+        )  # fmt: skip
+
+    def _update_fp32(self, param: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> None:
+        """torch.optim.Adam's single-tensor maths (bf16/fp16 parameters whose state is not quantised)."""
+        _adam_fp32(param, param.grad, state["exp_avg"], state["exp_avg_sq"], step=state["step"], **hp)
 
 
 class AdamW8bit(Adam8bit):
@@ -164,16 +171,12 @@ class AdamW8bit(Adam8bit):
         )  # fmt: skip
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """A 1-D view of ``t`` (a contiguous copy for the rare non-contiguous tensor; copied back by caller)."""
-    return t.view(-1) if t.is_contiguous() else t.contiguous().view(-1)
-
-
 def _adam_fp32(
     param: torch.Tensor,
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
+    *,
     lr: float,
     beta1: float,
     beta2: float,
@@ -183,7 +186,11 @@ def _adam_fp32(
     maximize: bool,
     step: int,
 ) -> None:
-    """torch.optim.Adam's single-tensor update for a parameter that keeps fp32 state."""
+    """torch.optim.Adam's single-tensor update for a parameter whose state is not quantised.
+
+    param, grad, exp_avg, exp_avg_sq: same shape; the moments (in the parameter's dtype, as torch.optim
+    keeps them) are updated in place; step: this parameter's step count, 1 on its first step.
+    """
     if maximize:
         grad = -grad
     if weight_decay != 0:

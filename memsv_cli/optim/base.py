@@ -3,9 +3,13 @@
 State of a parameter trained with 8-bit state (``numel >= min_8bit_size`` and group ``optim_bits == 8``):
 ``{"step": int, "<name>_q": uint8 (param shape), "<name>_absmax": fp32 (ceil(numel / block_size),)}``
 for each state ``<name>`` (``momentum_buffer``; ``exp_avg``, ``exp_avg_sq``). Other parameters keep
-torch.optim's fp32 layout ``{"step": int, "<name>": Tensor}``. ``state_dict()`` adds
-``"memsv_8bit": {"format": 1, "map_version": MAP_VERSION}`` and every param group records its
-``block_size``; ``load_state_dict`` refuses a state saved under another map version or block size.
+torch.optim's unquantised layout ``{"step": int, "<name>": Tensor}`` (the parameter's shape, strides and
+dtype; "fp32 state" below). ``state_dict()`` adds ``"memsv_8bit": {"format": 1, "map_version":
+MAP_VERSION}`` and every param group records its ``block_size``; ``load_state_dict`` refuses a state
+saved under another map version or block size.
+
+The per-group update loop lives here once (:meth:`Blockwise8bitOptimizer._update_group`); an optimizer
+supplies only its hyper-parameters and kernels (see the class docstring).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import torch
 
 from memsv_cli.errors import MemsvError
-from memsv_cli.optim.fused import CHUNK_ELEMENTS, QuantTables, Workspace
+from memsv_cli.optim.fused import CHUNK_ELEMENTS, QuantTables, Workspace, fusable
 from memsv_cli.optim.quant import MAP_VERSION, dequantize_blockwise, num_blocks, quantize_blockwise
 
 STATE_FORMAT = 1
@@ -54,7 +58,19 @@ def reject_unsupported(cls_name: str, **flags: Any) -> None:
 class Blockwise8bitOptimizer(torch.optim.Optimizer):
     """Base class: block-wise 8-bit states, chunked updates, checked state dicts.
 
-    Subclasses define ``STATE_NAMES`` (state name -> signed map?) and ``_update_group``.
+    :meth:`_update_group` is the one update loop of every 8-bit optimizer: state init and step count,
+    the split into 8-bit and fp32-state parameters, work buffers, the chunk loop over whole blocks,
+    the copy back of non-contiguous parameters, and one fused call per device for the fp32-state
+    tensors. A subclass supplies only what differs between optimizers:
+
+    - ``STATE_NAMES``: state name -> whether its map is signed, in the order its kernels take them;
+    - :meth:`_hyperparams`: the group's hyper-parameters as Python scalars, read once per step;
+    - :meth:`_update_chunk`: one chunk of an 8-bit parameter (a ``fused.*_chunk`` kernel);
+    - :meth:`_update_fp32_batch`: fp32-state fp32 tensors of one device in one torch fused kernel;
+    - :meth:`_update_fp32`: one fp32-state tensor that the fused kernel cannot take (bf16/fp16).
+
+    A mode without state (SGD with momentum 0) is handled by overriding :meth:`_update_group` and
+    calling ``super()`` otherwise.
     """
 
     STATE_NAMES: dict[str, bool] = {}
@@ -68,6 +84,10 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
         _check_int("min_8bit_size", defaults["min_8bit_size"], minimum=0)
         _check_bits(defaults["optim_bits"])
         self._tables: dict[tuple[bool, torch.device], QuantTables] = {}
+        # Per-step bookkeeping computed once: state keys, and each device's tables, in STATE_NAMES order
+        # (a step pays this per parameter, and small tensors are many).
+        self._state_keys = [(f"{name}_q", f"{name}_absmax") for name in self.STATE_NAMES]
+        self._device_tables: dict[torch.device, list[QuantTables]] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -114,7 +134,7 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
     @staticmethod
     def chunks(numel: int, block_size: int) -> Iterator[tuple[int, int, int, int]]:
         """``(start, end, first_block, end_block)`` for runs of whole blocks of <= CHUNK_ELEMENTS."""
-        step = max(1, CHUNK_ELEMENTS // block_size) * block_size
+        step = _chunk_len(block_size)
         for start in range(0, numel, step):
             end = min(numel, start + step)
             yield start, end, start // block_size, num_blocks(end, block_size)
@@ -123,7 +143,7 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
         """Work buffers big enough for the largest chunk among ``params`` (all on one device)."""
         if not params:
             return None
-        chunk = max(1, CHUNK_ELEMENTS // block_size) * block_size
+        chunk = _chunk_len(block_size)
         largest = max(num_blocks(p.numel(), block_size) * block_size for p in params)
         return Workspace(min(chunk, largest), params[0].device)
 
@@ -161,9 +181,103 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
                 self._update_group(group, params)
         return loss
 
+    # -- the shared update loop ------------------------------------------------------------------
     def _update_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """One step for ``params`` (those of ``group`` that have a gradient), in parameter order.
+
+        8-bit and unfusable fp32-state parameters are updated as they come; fusable fp32-state
+        tensors (biases, BatchNorm, small layers) are collected per (device, first step) and updated
+        at the end in one fused call each, as one call per tiny tensor would cost more than its maths.
+        The first-step flag is part of the key because SGD's kernel takes one ``is_first_step`` per call.
+        """
+        hp = self._hyperparams(group)
+        bs = group["block_size"]
+        workspaces = self.workspaces_for([p for p in params if self.uses_8bit(p, group)], bs)
+        batched: dict[tuple[torch.device, bool], list[torch.Tensor]] = {}
+        for p in params:
+            state = self.init_state(p, group)
+            state["step"] += 1
+            if self.uses_8bit(p, group):
+                self._update_8bit_param(p, state, workspaces[p.device], bs, hp)
+            elif fusable(p, p.grad):
+                batched.setdefault((p.device, state["step"] == 1), []).append(p)
+            else:
+                self._update_fp32(p, state, hp)
+        for (_, first), ps in batched.items():
+            self._update_fp32_batch(ps, [self.state[p] for p in ps], hp, first)
+
+    def _update_8bit_param(
+        self, p: torch.Tensor, state: dict[str, Any], ws: Workspace, block_size: int, hp: dict[str, Any]
+    ) -> None:
+        """Update ``p`` and its 8-bit states chunk by chunk (runs of whole blocks, see :meth:`chunks`).
+
+        Codes are row-major (``init_state``), so a non-contiguous parameter (channels_last, a transpose)
+        is updated through a contiguous copy and written back: the copy is bounded by that parameter.
+        """
+        tables = self._device_tables.get(p.device)
+        if tables is None:
+            tables = [self.tables(signed, p.device) for signed in self.STATE_NAMES.values()]
+            self._device_tables[p.device] = tables
+        codes = [state[q].view(-1) for q, _ in self._state_keys]
+        absmax = [state[a] for _, a in self._state_keys]
+        flat_p, flat_g = _flat(p), _flat(p.grad)
+        step = state["step"]
+        if p.numel() <= _chunk_len(block_size):
+            # One chunk covers the parameter (the common case): pass the whole tensors. Slicing costs
+            # ~2 us per tensor, which a model of many small tensors pays per parameter and step.
+            self._update_chunk(
+                flat_p, flat_g, codes, absmax, ws, tables, hp, block_size=block_size, step=step
+            )
+        else:
+            for s, e, b0, b1 in self.chunks(p.numel(), block_size):
+                self._update_chunk(
+                    flat_p[s:e], flat_g[s:e], [c[s:e] for c in codes], [a[b0:b1] for a in absmax], ws,
+                    tables, hp, block_size=block_size, step=step,
+                )  # fmt: skip
+        if flat_p.data_ptr() != p.data_ptr():
+            p.copy_(flat_p.view_as(p))
+
+    # -- what each optimizer supplies -----------------------------------------------------------
+    def _hyperparams(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The group's hyper-parameters as Python floats/bools, keyed as the subclass's kernels want."""
         raise NotImplementedError
 
+    def _update_chunk(
+        self,
+        param: torch.Tensor,
+        grad: torch.Tensor,
+        codes: list[torch.Tensor],
+        absmax: list[torch.Tensor],
+        ws: Workspace,
+        tables: list[QuantTables],
+        hp: dict[str, Any],
+        *,
+        block_size: int,
+        step: int,
+    ) -> None:
+        """Update one chunk of an 8-bit parameter in place and re-quantise its states.
+
+        param, grad: (n,) views of the parameter (any float dtype) and its gradient; codes: uint8 (n,)
+        and absmax: fp32 (ceil(n / block_size),) per state, in ``STATE_NAMES`` order, updated in place;
+        tables: the quantiser of each state's map; step: this parameter's step count, 1 on its first step.
+        """
+        raise NotImplementedError
+
+    def _update_fp32_batch(
+        self, params: list[torch.Tensor], states: list[dict[str, Any]], hp: dict[str, Any], first: bool
+    ) -> None:
+        """Update fp32 params with fp32 states (all on one device) in one torch fused kernel call.
+
+        ``states[i]`` is ``params[i]``'s state (torch.optim's names, ``step`` already counted);
+        ``first``: this is every one of these parameters' first step.
+        """
+        raise NotImplementedError
+
+    def _update_fp32(self, param: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> None:
+        """Update one fp32-state parameter the fused kernel cannot take (bf16/fp16, other devices)."""
+        raise NotImplementedError
+
+    # -- state inspection and conversion --------------------------------------------------------
     def dequantized_state(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
         """The states of ``param`` as fp32 tensors under torch.optim's names (a copy; 8-bit decoded)."""
         state = self.state[param]
@@ -341,6 +455,16 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
             if torch.is_tensor(value):
                 total += value.numel() * value.element_size()
     return total
+
+
+def _chunk_len(block_size: int) -> int:
+    """Elements per chunk: whole blocks, at most CHUNK_ELEMENTS (one block if a block is larger)."""
+    return max(1, CHUNK_ELEMENTS // block_size) * block_size
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of ``t`` (a contiguous copy for the rare non-contiguous tensor; copied back by caller)."""
+    return t.view(-1) if t.is_contiguous() else t.contiguous().view(-1)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -210,10 +210,10 @@ def adam_math(
     step: int,
 ) -> None:
     """torch.optim.Adam's single-tensor update in plain ops; ``g``/``denom`` are fp32 scratch (n,)."""
+    # copy_ then neg_: torch.neg(out=) refuses an fp32 out for a bf16/fp16 gradient; negation is exact.
+    g.copy_(grad)
     if maximize:
-        torch.neg(grad, out=g)
-    else:
-        g.copy_(grad)
+        g.neg_()
     if weight_decay != 0:
         if decoupled:
             param.mul_(1 - lr * weight_decay)
@@ -264,10 +264,9 @@ def sgd_chunk(
         )  # fmt: skip
     else:
         d_p, t = ws.grad[:n], ws.tmp[:n]
+        d_p.copy_(grad)  # not torch.neg(out=): it refuses an fp32 out for a bf16/fp16 gradient
         if maximize:
-            torch.neg(grad, out=d_p)
-        else:
-            d_p.copy_(grad)
+            d_p.neg_()
         if weight_decay != 0:
             d_p.add_(param, alpha=weight_decay)
         if first_step:

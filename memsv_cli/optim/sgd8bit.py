@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 
-from memsv_cli.optim.adam8bit import _flat
 from memsv_cli.optim.base import DEFAULT_MIN_8BIT_SIZE, Blockwise8bitOptimizer, reject_unsupported
-from memsv_cli.optim.fused import fusable, sgd_chunk
+from memsv_cli.optim.fused import QuantTables, Workspace, sgd_chunk
 
 
 class SGD8bit(Blockwise8bitOptimizer):
@@ -68,57 +67,71 @@ class SGD8bit(Blockwise8bitOptimizer):
         super().__init__(params, defaults)
 
     def _update_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        lr, momentum = float(group["lr"]), float(group["momentum"])
-        dampening, wd = float(group["dampening"]), float(group["weight_decay"])
-        nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
-        bs = group["block_size"]
-        if momentum == 0:
-            # No state, as torch.optim.SGD: the update is p -= lr * (g + wd * p).
-            for p in params:
-                d_p = -p.grad if maximize else p.grad
-                if wd != 0:
-                    d_p = d_p.add(p, alpha=wd)
-                p.add_(d_p, alpha=-lr)
-            return
-        eight = [p for p in params if self.uses_8bit(p, group)]
-        workspaces = self.workspaces_for(eight, bs)
-        # fp32-state tensors of one device (and first-step flag) go through one fused call.
-        batched: dict[tuple[torch.device, bool], list[torch.Tensor]] = {}
-        for p in params:
-            state = self.init_state(p, group)
-            first = state["step"] == 0
-            state["step"] += 1
-            if not self.uses_8bit(p, group):
-                if fusable(p, p.grad):
-                    batched.setdefault((p.device, first), []).append(p)
-                else:
-                    _sgd_fp32(p, p.grad, state["momentum_buffer"], lr, momentum, dampening, wd, nesterov,
-                              maximize, first)  # fmt: skip
-                continue
-            ws = workspaces[p.device]
-            signed = self.tables(True, p.device)
-            flat_p, flat_g = _flat(p), _flat(p.grad)
-            c1, a1 = state["momentum_buffer_q"].view(-1), state["momentum_buffer_absmax"]
-            for s, e, b0, b1 in self.chunks(p.numel(), bs):
-                sgd_chunk(
-                    flat_p[s:e], flat_g[s:e], c1[s:e], a1[b0:b1], ws, signed, block_size=bs, lr=lr,
-                    momentum=momentum, dampening=dampening, weight_decay=wd, nesterov=nesterov,
-                    maximize=maximize, first_step=first,
-                )  # fmt: skip
-            if flat_p.data_ptr() != p.data_ptr():
-                p.copy_(flat_p.view_as(p))
-        for (_, first), ps in batched.items():
-            torch._fused_sgd_(
-                ps, [p.grad for p in ps], [self.state[p]["momentum_buffer"] for p in ps], weight_decay=wd,
-                momentum=momentum, lr=lr, dampening=dampening, nesterov=nesterov, maximize=maximize,
-                is_first_step=first,
+        """Momentum 0 keeps no state (as torch.optim.SGD); otherwise the shared 8-bit loop."""
+        if float(group["momentum"]) == 0:
+            _sgd_no_momentum(
+                params, lr=float(group["lr"]), weight_decay=float(group["weight_decay"]),
+                maximize=bool(group["maximize"]),
             )  # fmt: skip
+            return
+        super()._update_group(group, params)
+
+    def _hyperparams(self, group: dict[str, Any]) -> dict[str, Any]:
+        """lr, momentum, dampening, weight_decay, nesterov, maximize: the kernels' keyword names."""
+        return {
+            "lr": float(group["lr"]),
+            "momentum": float(group["momentum"]),
+            "dampening": float(group["dampening"]),
+            "weight_decay": float(group["weight_decay"]),
+            "nesterov": bool(group["nesterov"]),
+            "maximize": bool(group["maximize"]),
+        }
+
+    def _update_chunk(
+        self,
+        param: torch.Tensor,
+        grad: torch.Tensor,
+        codes: list[torch.Tensor],
+        absmax: list[torch.Tensor],
+        ws: Workspace,
+        tables: list[QuantTables],
+        hp: dict[str, Any],
+        *,
+        block_size: int,
+        step: int,
+    ) -> None:
+        """One chunk through :func:`fused.sgd_chunk` (codes/absmax/tables: the momentum buffer's)."""
+        sgd_chunk(
+            param, grad, codes[0], absmax[0], ws, tables[0], block_size=block_size, first_step=step == 1,
+            **hp,
+        )  # fmt: skip
+
+    def _update_fp32_batch(
+        self, params: list[torch.Tensor], states: list[dict[str, Any]], hp: dict[str, Any], first: bool
+    ) -> None:
+        """torch.optim.SGD(fused=True)'s kernel; ``first`` starts the buffers at the gradients."""
+        bufs = [state["momentum_buffer"] for state in states]
+        torch._fused_sgd_(params, [p.grad for p in params], bufs, is_first_step=first, **hp)
+
+    def _update_fp32(self, param: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> None:
+        """torch.optim.SGD's single-tensor maths (bf16/fp16 parameters whose state is not quantised)."""
+        _sgd_fp32(param, param.grad, state["momentum_buffer"], first=state["step"] == 1, **hp)
+
+
+def _sgd_no_momentum(params: list[torch.Tensor], *, lr: float, weight_decay: float, maximize: bool) -> None:
+    """Stateless SGD, as torch.optim.SGD with momentum 0: ``p -= lr * (g + weight_decay * p)``."""
+    for p in params:
+        d_p = -p.grad if maximize else p.grad
+        if weight_decay != 0:
+            d_p = d_p.add(p, alpha=weight_decay)
+        p.add_(d_p, alpha=-lr)
 
 
 def _sgd_fp32(
     param: torch.Tensor,
     grad: torch.Tensor,
     buf: torch.Tensor,
+    *,
     lr: float,
     momentum: float,
     dampening: float,
@@ -127,7 +140,11 @@ def _sgd_fp32(
     maximize: bool,
     first: bool,
 ) -> None:
-    """torch.optim.SGD's single-tensor momentum update for a parameter that keeps fp32 state."""
+    """torch.optim.SGD's single-tensor momentum update for a parameter whose state is not quantised.
+
+    param, grad, buf: same shape; buf, the momentum buffer (in the parameter's dtype, as torch.optim
+    keeps it), is updated in place; first: the parameter's first step (buffer := decayed gradient).
+    """
     d_p = -grad if maximize else grad
     if weight_decay != 0:
         d_p = d_p.add(param, alpha=weight_decay)
