@@ -157,6 +157,23 @@ def test_random_state_is_replayed_on_recomputation() -> None:
     assert torch.equal(after, after_ref)
 
 
+def test_replay_state_keeps_random_state_only_when_drawn_and_replays_it() -> None:
+    x = torch.randn(2, 4, 6, 6)
+    conv, dropout = nn.Conv2d(4, 4, 3, padding=1), nn.Dropout(0.5)
+    state = rv.ReplayState.capture(x)
+    conv(x)
+    assert state.after_forward(x).cpu_rng is None  # dropout-free: nothing stored
+    state = rv.ReplayState.capture(x)
+    mask = dropout(torch.ones_like(x))
+    state = state.after_forward(x)
+    assert state.cpu_rng is not None and not state.autocast_enabled
+    expected_after = torch.get_rng_state()
+    with torch.autocast("cpu", dtype=torch.bfloat16), state.replay():
+        assert not torch.is_autocast_enabled("cpu")  # the forward's autocast (off), not the outer one
+        assert torch.equal(dropout(torch.ones_like(x)), mask)
+    assert torch.equal(torch.get_rng_state(), expected_after)  # the outer RNG continues unchanged
+
+
 def test_autocast_bf16_runs_branches_in_bf16_and_keeps_fp32_streams() -> None:
     model, plain = _pair("fullrev_resnet18", torch.float32)
     reference = copy.deepcopy(plain)

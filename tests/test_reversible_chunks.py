@@ -13,7 +13,7 @@ from memsv_cli.cli import main
 from memsv_cli.errors import MemsvError
 from memsv_cli.models import get_model
 from memsv_cli.models import reversible as rv
-from memsv_cli.models.backbone import scaled_chunks
+from memsv_cli.models.backbone import MODEL_PER_SAMPLE, scaled_chunks
 from memsv_cli.models.chunked import capture_bn_stats, chunkable, chunked_vjp
 from memsv_cli.models.dfresnet import dfresnet_parts, inverted_bottleneck
 from memsv_cli.models.resnet import resnet_parts
@@ -111,6 +111,8 @@ def test_chunked_vjp_matches_autograd_for_one_sample_chunks() -> None:
 
 def test_branches_with_random_or_unknown_layers_keep_the_unchunked_path() -> None:
     assert chunkable(inverted_bottleneck(4).branch)
+    # The model's own containers count only where the owner names them (chunked.py knows no models).
+    assert not chunkable(inverted_bottleneck(4)) and chunkable(inverted_bottleneck(4), MODEL_PER_SAMPLE)
     assert not chunkable(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Dropout(0.5)))
     assert not chunkable(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(inplace=True)))
     results = []

@@ -22,6 +22,8 @@ from memsv_cli.models.reversible import (
 )
 
 __all__ = [
+    "REVERSIBLE_PREFIXES",
+    "VARIANT_PREFIXES",
     "SpeakerNet",
     "get_model",
     "list_models",
@@ -29,9 +31,13 @@ __all__ = [
     "parse_model_name",
     "reconstruction_error",
     "saved_activation_bytes",
+    "vanilla_name",
 ]
 
-_PREFIX_VARIANT = {"": "vanilla", "rev_": "rev", "fullrev_": "fullrev"}
+#: name prefix -> variant (``backbone.VARIANTS``), in :func:`list_models` order
+VARIANT_PREFIXES: dict[str, str] = {"": "vanilla", "rev_": "rev", "fullrev_": "fullrev"}
+#: the prefixes of the reversible variants: ``rev_`` (Type I), ``fullrev_`` (Type II)
+REVERSIBLE_PREFIXES: tuple[str, ...] = tuple(p for p in VARIANT_PREFIXES if p)
 
 
 def _base_names() -> list[str]:
@@ -40,20 +46,25 @@ def _base_names() -> list[str]:
 
 def list_models() -> list[str]:
     """All model names: vanilla ones, then the ``rev_`` (Type I), then the ``fullrev_`` (Type II)."""
-    return [prefix + base for prefix in _PREFIX_VARIANT for base in _base_names()]
+    return [prefix + base for prefix in VARIANT_PREFIXES for base in _base_names()]
+
+
+def vanilla_name(name: str) -> str:
+    """The plain model a reversible one is built from: ``fullrev_resnet293`` -> ``resnet293``; other
+    names unchanged (the name is not checked)."""
+    for prefix in REVERSIBLE_PREFIXES:
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return name
 
 
 def parse_model_name(name: str) -> tuple[str, str, int]:
     """``"fullrev_resnet34" -> ("fullrev", "resnet", 34)``; MemsvError listing valid names otherwise."""
     if name not in list_models():
         raise MemsvError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
-    prefix, base = ("", name)
-    for p in ("fullrev_", "rev_"):
-        if name.startswith(p):
-            prefix, base = p, name[len(p) :]
-            break
+    base = vanilla_name(name)
     family = "dfresnet" if base.startswith("dfresnet") else "resnet"
-    return _PREFIX_VARIANT[prefix], family, int(base[len(family) :])
+    return VARIANT_PREFIXES[name.removesuffix(base)], family, int(base[len(family) :])
 
 
 def get_model(

@@ -26,11 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from memsv_cli.errors import MemsvError
+from memsv_cli.models.chunked import PER_SAMPLE
 from memsv_cli.models.pooling import TSTP
 from memsv_cli.models.reversible import HalfStep, Recomputed, ReversibleChain, ReversibleSequence
 from memsv_cli.models.units import ProjectedBranch, Unit
 
 VARIANTS = ("vanilla", "rev", "fullrev")
+#: module types whose forward acts on each sample on its own: torch's layers plus this package's
+#: containers, whose children are checked one by one (which branches may be recomputed in micro-batches)
+MODEL_PER_SAMPLE = (*PER_SAMPLE, ProjectedBranch, Unit)
 
 
 def scaled_chunks(units: list[Unit], stem_ch: int, chunks: int) -> tuple[int, list[int]]:
@@ -66,7 +70,7 @@ def _type1_body(units: list[Unit], reversible_backward: bool, chunks: list[int])
         if run:
             c = run[0][0].in_ch
             steps = [HalfStep(u.branch, c, c, c) for u, _ in run]
-            chain = ReversibleChain(steps, reversible_backward, [k for _, k in run])
+            chain = ReversibleChain(steps, reversible_backward, [k for _, k in run], MODEL_PER_SAMPLE)
             body.append(ReversibleSequence(chain, c))
             run.clear()
 
@@ -75,7 +79,7 @@ def _type1_body(units: list[Unit], reversible_backward: bool, chunks: list[int])
             run.append((unit, k))
         else:
             flush()
-            body.append(Recomputed(unit, reversible_backward, k))
+            body.append(Recomputed(unit, reversible_backward, k, MODEL_PER_SAMPLE))
     flush()
     return nn.Sequential(*body)
 
@@ -90,7 +94,8 @@ def _type2_body(
         step = HalfStep(f, unit.in_ch, unit.out_ch, stream, unit.stride)
         steps.append(step)
         stream = step.stream_out
-    return ReversibleSequence(ReversibleChain(steps, reversible_backward, chunks), units[-1].out_ch)
+    chain = ReversibleChain(steps, reversible_backward, chunks, MODEL_PER_SAMPLE)
+    return ReversibleSequence(chain, units[-1].out_ch)
 
 
 class SpeakerNet(nn.Module):
@@ -131,7 +136,9 @@ class SpeakerNet(nn.Module):
         for unit in units:  # 'same'-padded strided convs give ceil(n / s)
             out_freq = -(-out_freq // unit.stride[0])
         stem_chunks, unit_chunks = scaled_chunks(units, stem_ch, recompute_chunks)
-        self.stem = stem if variant == "vanilla" else Recomputed(stem, reversible_backward, stem_chunks)
+        if variant != "vanilla":
+            stem = Recomputed(stem, reversible_backward, stem_chunks, MODEL_PER_SAMPLE)
+        self.stem = stem
         if variant == "vanilla":
             self.body: nn.Module = nn.Sequential(*units)
         elif variant == "rev":

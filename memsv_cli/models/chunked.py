@@ -19,8 +19,9 @@ The only layers that couple samples are BatchNorms that normalise with batch sta
   input stream from them), so an inverted bottleneck (3 BNs in a row) costs 4 forwards of f and about 2
   backwards instead of 1 + 1.
 
-Only branches built from layers known to act per sample (:data:`PER_SAMPLE`) are chunked; anything else
-(dropout, other normalisations) silently keeps the unchunked recomputation, which is exact as well.
+Only branches built from layers known to act per sample (:data:`PER_SAMPLE` plus the caller's own
+containers, :func:`chunkable`) are chunked; anything else (dropout, other normalisations) silently keeps
+the unchunked recomputation, which is exact as well.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from memsv_cli.models.units import ProjectedBranch, Unit
-
-#: leaf layers that act on each sample on its own, and containers whose own forward does too
+#: torch layers that act on each sample on its own (``nn.Sequential``: a container whose own forward
+#: does too; its children are checked one by one). Owners add their own such containers
+#: (:func:`chunkable`'s ``per_sample``), so this general helper needs no model code.
 PER_SAMPLE: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
     nn.Conv2d,
@@ -43,14 +44,14 @@ PER_SAMPLE: tuple[type[nn.Module], ...] = (
     nn.Identity,
     _BatchNorm,
     nn.Sequential,
-    ProjectedBranch,
-    Unit,
 )
 
 
-def chunkable(module: nn.Module) -> bool:
-    """Whether every sub-module of ``module`` is one of :data:`PER_SAMPLE` (non-inplace ReLU)."""
-    return all(type(m) in PER_SAMPLE or isinstance(m, _BatchNorm) for m in module.modules()) and not any(
+def chunkable(module: nn.Module, per_sample: tuple[type[nn.Module], ...] = PER_SAMPLE) -> bool:
+    """Whether every sub-module of ``module`` (itself included) is exactly one of ``per_sample`` (any
+    BatchNorm counts) and no ReLU is in-place: then splitting the batch changes nothing but the
+    BatchNorms' statistics, which :func:`chunked_vjp` fixes."""
+    return all(type(m) in per_sample or isinstance(m, _BatchNorm) for m in module.modules()) and not any(
         isinstance(m, nn.ReLU) and m.inplace for m in module.modules()
     )
 
@@ -184,10 +185,7 @@ def chunked_vjp(
     the BNs recorded in ``states`` (``f`` is called with grad enabled; wrap autocast/RNG around the call).
     ``on_output(slice, y)`` receives each micro-batch's output once (detached). ``gx_into``: add the input
     gradient into this tensor (shaped like ``x``) micro-batch by micro-batch instead of allocating one."""
-    n = x.shape[0]
-    k = min(chunks, n)
-    edges = [i * n // k for i in range(k + 1)]  # sizes differ by at most one
-    slices = [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    slices = _micro_batches(x.shape[0], chunks)
     for state in states.values():
         state.s1, state.s2, state.corr, state.collect = 0.0, 0.0, None, False
     inputs: dict[nn.Module, torch.Tensor] = {}
@@ -227,11 +225,23 @@ def chunked_vjp(
                 del y
             if final:
                 break
-            for state in states.values():
-                if state.level == level:
-                    state.corr = (state.s1 / state.count, state.s2 / state.count)
+            _close_level(states, level)
             level += 1
     return gx, grads
+
+
+def _micro_batches(n: int, chunks: int) -> list[slice]:
+    """``min(chunks, n)`` consecutive slices covering ``range(n)``; sizes differ by at most one."""
+    k = min(chunks, n)
+    edges = [i * n // k for i in range(k + 1)]
+    return [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _close_level(states: dict[nn.Module, BNState], level: int) -> None:
+    """After pass ``level``: the level's BNs turn their summed ``dy``, ``dy * xhat`` into the means."""
+    for state in states.values():
+        if state.level == level:
+            state.corr = (state.s1 / state.count, state.s2 / state.count)
 
 
 def _assign_levels_from(y: torch.Tensor, states: dict[nn.Module, BNState]) -> int:

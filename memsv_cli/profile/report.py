@@ -12,21 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from memsv_cli.errors import MemsvError
+from memsv_cli.models import vanilla_name
 from memsv_cli.profile.fit import format_bytes, max_batch_size
 from memsv_cli.profile.memory import MemoryBreakdown, measure_step
 from memsv_cli.profile.step import StepSetup, full_precision_optimizer
 
 DEVICES = ("auto", "cpu", "cuda", "meta")
-REVERSIBLE_PREFIXES = ("fullrev_", "rev_")
 SAVING_KEYS = ("activations", "optimizer_states", "total")
-
-
-def vanilla_model(name: str) -> str:
-    """The plain model a reversible one is built from: ``fullrev_resnet293`` -> ``resnet293``."""
-    for prefix in REVERSIBLE_PREFIXES:
-        if name.startswith(prefix):
-            return name.removeprefix(prefix)
-    return name
 
 
 def resolve_method(device: str) -> str:
@@ -41,7 +33,7 @@ def resolve_method(device: str) -> str:
 
 def default_baseline(model: str, optimizer: str) -> tuple[str, str] | None:
     """The vanilla model with the 32-bit version of ``optimizer``; None when that is the setup itself."""
-    baseline = (vanilla_model(model), full_precision_optimizer(optimizer))
+    baseline = (vanilla_name(model), full_precision_optimizer(optimizer))
     return None if baseline == (model, optimizer) else baseline
 
 
