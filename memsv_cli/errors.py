@@ -2,11 +2,15 @@
 
 Library code raises :class:`MemsvError` (or a subclass) for anything a user can fix; the CLI prints
 ``memsv <command>: error: <message>`` to stderr and exits with status 1, without a traceback.
-Programming errors stay ordinary exceptions so that they keep their traceback.
+Programming errors stay ordinary exceptions so that they keep their traceback. Two exceptions are
+reported by the CLI as one line too, whatever raised them: ``OSError`` (disk full, permission denied, a
+file where a directory is expected, ...; see :func:`os_error_message`) and Ctrl-C
+(``memsv <command>: interrupted``, exit status 130).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -29,3 +33,22 @@ class InputError(MemsvError):
         self.path = str(path)
         self.line = line
         self.problem = problem
+
+
+def _filename(name: object) -> str:
+    return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else str(name)
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an ``OSError``: ``<path>: <problem>`` (``<src> -> <dst>: <problem>`` for renames).
+
+    Uses ``err.filename`` / ``err.filename2`` / ``err.strerror`` where the raiser set them, else the
+    exception's text (an ``OSError("message")``, ``shutil.Error``), else its type name.
+    """
+    problem = err.strerror or (str(err.args[0]) if len(err.args) == 1 else str(err)) or type(err).__name__
+    where = ""
+    if err.filename is not None:
+        where = _filename(err.filename)
+        if err.filename2 is not None:
+            where += f" -> {_filename(err.filename2)}"
+    return " ".join(f"{where}: {problem}".split()) if where else " ".join(problem.split())

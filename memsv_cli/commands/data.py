@@ -1,4 +1,8 @@
-"""``memsv prepare-data`` and ``memsv extract-fbank``: thin adapters over the data-stage library."""
+"""``memsv prepare-data`` and ``memsv extract-fbank``: thin adapters over the data-stage library.
+
+Each holds its output directory (:mod:`memsv_cli.lock`) so that a second run into it stops with one line
+naming the first; ``extract-fbank`` takes the lock inside the library function itself.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from memsv_cli.errors import MemsvError
+from memsv_cli.lock import hold_directory
 
 _console = Console(stderr=True)
 
@@ -60,7 +65,8 @@ def prepare_data(
 
         if root is None:
             raise MemsvError("--corpus voxceleb needs --root (the corpus tree)")
-        summary = prepare_voxceleb(root, out, trials)
+        with hold_directory(out, "output directory"):  # one run per data dir; removed again if left empty
+            summary = prepare_voxceleb(root, out, trials)
         rows = [
             ("data dir", str(summary.out_dir)),
             ("utterances", f"{summary.num_utts}"),
@@ -81,7 +87,7 @@ def prepare_data(
         test_utts_per_speaker=test_utts_per_speaker,
         seed=seed,
     )
-    with _console.status("synthesising the mini corpus"):
+    with hold_directory(out, "output directory"), _console.status("synthesising the mini corpus"):
         mini = prepare_mini(out, cfg, nj=nj)
     _console.print(
         _summary_table(

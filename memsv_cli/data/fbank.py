@@ -10,6 +10,7 @@ Outputs of :func:`extract_fbank` (``OUT_DIR``):
     feats.ark (or feats.JOB.ark with nj > 1), feats.scp, utt2num_frames, fbank.conf,
     and copies of utt2spk, spk2utt, trials/ so that OUT_DIR serves as a data directory by itself.
 ``feats.scp`` is the completion marker: it is removed first and written (atomically) last.
+``OUT_DIR/.memsv.lock`` (:mod:`memsv_cli.lock`) keeps a second run out while one is writing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import multiprocessing as mp
 import queue as queue_module
 import re
 import shutil
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from memsv_cli.atomic import atomic_path, write_lines_atomic, write_text_atomic
 from memsv_cli.data.audio import AudioError, read_audio
 from memsv_cli.data.kaldi_dir import c_sorted, load_data_dir
 from memsv_cli.errors import InputError, MemsvError
+from memsv_cli.lock import hold_directory
 
 BACKENDS = ("kaldi-native", "torchaudio")
 
@@ -224,19 +227,40 @@ def _run_job(job: _Job, report: Callable[[int], None] | None = None) -> tuple[di
     return frames, total_samples
 
 
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Signal handler that does nothing (see :func:`_worker_main`)."""
+
+
+def _os_error(
+    errno_: int | None, strerror: str | None, filename: object, filename2: object, text: str
+) -> OSError:
+    """Rebuild a worker's ``OSError`` in the parent (``OSError(errno, ...)`` picks the subclass)."""
+    if errno_ is None:
+        return OSError(text)
+    return OSError(errno_, strerror, filename, None, filename2)
+
+
 def _worker_main(job: _Job, progress_queue, result_queue) -> None:  # noqa: ANN001 - mp queues
     """Body of one worker process: run the job, send back ``(index, kind, payload)``.
 
-    ``kind`` is ``ok`` (payload: the job's result), ``input`` (a user error: its one-line message) or
-    ``bug`` (anything else, with its traceback as text). ``InputError`` is sent as text because its
-    constructor takes (path, problem, line) and does not survive unpickling.
+    ``kind`` is ``ok`` (payload: the job's result), ``input`` (a user error: its one-line message),
+    ``os`` (an ``OSError`` such as a full disk: its errno, strerror, filename, filename2) or ``bug``
+    (anything else, with its traceback as text). Errors are sent as plain values because ``InputError``
+    (and library ``OSError`` subclasses) take other constructor arguments and do not survive unpickling.
+
+    Ctrl-C reaches the whole process group; a worker ignores it (its parent stops it), so that only the
+    parent reports the interrupt. A Python-level handler, not ``SIG_IGN``: exec'd pipe commands get the
+    default action back and die with the group, where an ignored signal would be inherited.
     """
     global _progress_queue
     _progress_queue = progress_queue
+    signal.signal(signal.SIGINT, _ignore_signal)
     try:
         result_queue.put((job.index, "ok", _run_job(job)))
     except MemsvError as err:
         result_queue.put((job.index, "input", str(err)))
+    except OSError as err:
+        result_queue.put((job.index, "os", (err.errno, err.strerror, err.filename, err.filename2, str(err))))
     except Exception:
         import traceback
 
@@ -285,15 +309,18 @@ def extract_fbank(
 
     Args:
         data_dir: Kaldi data directory (``wav.scp``, ``utt2spk``; validated first).
-        out_dir: output directory (created); see the module docstring for its files.
+        out_dir: output directory (created); see the module docstring for its files. Held with
+            :func:`memsv_cli.lock.hold_directory` while the stage runs: one run per output directory.
         cfg: fbank options.
         nj: number of worker processes; each writes its own ``feats.JOB.ark``.
         backend: ``kaldi-native`` or ``torchaudio``.
         progress: called as ``progress(done, total)`` in utterances while the work runs.
 
     Raises:
-        MemsvError / InputError: bad options or input (naming file, line and utterance). On any error,
-        the arks written so far are removed and no ``feats.scp`` exists.
+        MemsvError / InputError: bad options or input (naming file, line and utterance);
+            :class:`~memsv_cli.lock.DirectoryInUseError` when another run holds ``out_dir``.
+        OSError: writing failed (disk full, permissions), also inside a worker.
+        On any error or KeyboardInterrupt, the arks written so far are removed and no ``feats.scp`` exists.
     """
     cfg = cfg or FbankConfig()
     cfg.validate()
@@ -303,21 +330,38 @@ def extract_fbank(
         raise MemsvError("--backend torchaudio: torchaudio does not import here (use kaldi-native)")
     if nj < 1:
         raise MemsvError(f"--nj must be at least 1, got {nj}")
-    data_dir, out_dir = Path(data_dir), Path(out_dir).resolve()
+    data_dir = Path(data_dir)
     data = load_data_dir(data_dir)
-    if data_dir.resolve() == out_dir:
-        raise MemsvError(f"{out_dir}: output directory must differ from the data directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if data_dir.resolve() == Path(out_dir).resolve():
+        raise MemsvError(f"{Path(out_dir).resolve()}: output directory must differ from the data directory")
+    with hold_directory(out_dir, "output directory"):  # creates it
+        out_dir = Path(out_dir).resolve()
+        # The scp marks completion: drop the old one before touching any ark it may point to.
+        for name in ("feats.scp", "utt2num_frames"):
+            _remove_quietly(out_dir / name)
+        entries = [(line, utt, spec) for line, (utt, spec) in enumerate(data.wav_scp.items(), start=1)]
+        jobs = _make_jobs(entries, nj, out_dir, str(data_dir / "wav.scp"), cfg, backend)
+        utt2frames, samples = _run_and_write(jobs, data_dir, out_dir, cfg, progress)
+        # Arks of an earlier run with another --nj are no longer referenced.
+        used = {Path(job.ark).name for job in jobs}
+        for f in out_dir.iterdir():
+            if _JOB_ARK.match(f.name) and f.name not in used:
+                _remove_quietly(f)
+    return FbankSummary(out_dir, len(entries), sum(utt2frames.values()), samples / cfg.sample_rate, len(jobs))
 
-    # The scp marks completion: drop the old one before touching any ark it may point to.
-    for name in ("feats.scp", "utt2num_frames"):
-        _remove_quietly(out_dir / name)
 
-    wav_scp_path = str(data_dir / "wav.scp")
-    entries = [(line, utt, spec) for line, (utt, spec) in enumerate(data.wav_scp.items(), start=1)]
+def _make_jobs(
+    entries: list[tuple[int, str, str]],
+    nj: int,
+    out_dir: Path,
+    wav_scp_path: str,
+    cfg: FbankConfig,
+    backend: str,
+) -> list[_Job]:
+    """Split the ``(line, utterance, spec)`` entries into contiguous jobs writing under ``out_dir``."""
     ranges = split_jobs(len(entries), nj)
     single = len(ranges) == 1
-    jobs = [
+    return [
         _Job(
             index=j,
             ark=str(out_dir / ("feats.ark" if single else f"feats.{j}.ark")),
@@ -329,7 +373,20 @@ def extract_fbank(
         )
         for j, r in enumerate(ranges, start=1)
     ]
-    total = len(entries)
+
+
+def _run_and_write(
+    jobs: list[_Job],
+    data_dir: Path,
+    out_dir: Path,
+    cfg: FbankConfig,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, int], int]:
+    """Run the jobs and write the outputs, ``feats.scp`` last; returns (utt -> frames, total samples).
+
+    On any exception (KeyboardInterrupt included) this run's arks are removed before it propagates.
+    """
+    total = sum(len(job.entries) for job in jobs)
     done = 0
 
     def report(k: int) -> None:
@@ -339,7 +396,7 @@ def extract_fbank(
             progress(done, total)
 
     try:
-        results = [_run_job(jobs[0], report)] if single else _run_parallel(jobs, report)
+        results = [_run_job(jobs[0], report)] if len(jobs) == 1 else _run_parallel(jobs, report)
         utt2frames: dict[str, int] = {}
         scp_lines: list[str] = []
         samples = 0
@@ -360,13 +417,7 @@ def extract_fbank(
     finally:
         for job in jobs:
             _remove_quietly(Path(job.scp))
-
-    # Arks of an earlier run with another --nj are no longer referenced.
-    used = {Path(job.ark).name for job in jobs}
-    for f in out_dir.iterdir():
-        if _JOB_ARK.match(f.name) and f.name not in used:
-            _remove_quietly(f)
-    return FbankSummary(out_dir, total, sum(utt2frames.values()), samples / cfg.sample_rate, len(jobs))
+    return utt2frames, samples
 
 
 def _run_parallel(jobs: Sequence[_Job], report: Callable[[int], None]) -> list[tuple[dict[str, int], int]]:
@@ -396,6 +447,8 @@ def _run_parallel(jobs: Sequence[_Job], report: Callable[[int], None]) -> list[t
                     index, kind, payload = result_queue.get_nowait()
                     if kind == "input":
                         raise MemsvError(payload)
+                    if kind == "os":
+                        raise _os_error(*payload)
                     if kind == "bug":
                         raise RuntimeError(f"extract-fbank job {index} failed:\n{payload}")
                     results[index] = payload
