@@ -9,6 +9,7 @@ import yaml
 
 from memsv_cli.errors import MemsvError
 from memsv_cli.train.config import DEFAULTS, apply_override, diff_keys, resolve_config, save_config
+from memsv_cli.train.settings import Settings
 
 
 def test_defaults_are_the_wespeaker_voxceleb_recipe() -> None:
@@ -86,6 +87,20 @@ def test_switching_optimizer_drops_arguments_the_new_one_does_not_take() -> None
     assert cfg["optimizer"] == {"name": "adam8bit", "args": {"weight_decay": 1e-4}}
     cfg = resolve_config(None, ["optimizer.name=sgd", "optimizer.args.dampening=0.1"])
     assert cfg["optimizer"]["args"]["momentum"] == 0.9  # same name: nothing dropped
+    # same family: `--optimizer sgd8bit` on the SGD recipe keeps momentum 0.9 and Nesterov
+    cfg = resolve_config(None, ["optimizer.name=sgd8bit"])
+    assert cfg["optimizer"] == {
+        "name": "sgd8bit",
+        "args": {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+    }
+    # ... and back to 32 bits drops only what 32-bit optimizers refuse
+    cfg = resolve_config(
+        None, ["optimizer.name=sgd8bit", "optimizer.args.block_size=128", "optimizer.name=sgd"]
+    )
+    assert cfg["optimizer"] == {
+        "name": "sgd",
+        "args": {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+    }
 
 
 def test_saved_config_round_trips_and_diff_names_changed_keys(tmp_path: Path) -> None:
@@ -106,11 +121,12 @@ RECIPE_CONF = Path(__file__).resolve().parents[1] / "recipes" / "voxceleb" / "co
 
 @pytest.mark.parametrize("name", ["resnet34", "rev_resnet34_sgd8bit", "fullrev_resnet34_adam8bit", "mini"])
 def test_recipe_configs_build_their_model_and_optimizer(name: str) -> None:
-    from memsv_cli.train.trainer import build_model_checked, build_optimizer_for
+    from memsv_cli.train.settings import Settings
+    from memsv_cli.train.state import build_model_checked, build_optimizer_for
 
     cfg = resolve_config(RECIPE_CONF / f"{name}.yaml")
     model = build_model_checked(cfg)
-    optimizer = build_optimizer_for(cfg, model.parameters())
+    optimizer = build_optimizer_for(Settings.from_config(cfg), model.parameters())
     assert type(optimizer).__name__.lower() == cfg["optimizer"]["name"]
     if name != "mini":  # the full-size configs keep ResNet34's 6.63M parameters
         assert sum(p.numel() for p in model.parameters()) == pytest.approx(6.63e6, rel=0.01)
@@ -121,3 +137,4 @@ def test_every_recipe_config_resolves() -> None:
     assert len(confs) >= 4
     for conf in confs:
         resolve_config(conf)  # raises naming the file and key on an unknown key
+        Settings.from_config(resolve_config(conf))  # the typed sections match the schema

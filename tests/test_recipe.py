@@ -351,3 +351,44 @@ def test_single_stage_reruns_from_the_previous_stage_files(mini_run: dict) -> No
         cwd=recipe,
     )
     assert json.loads(scores.read_text()) == before  # same embeddings -> same scores
+
+
+def _stage_3(mini_run: dict, exp: str, fault: str, *extra: str) -> subprocess.CompletedProcess:
+    """Stage 3 alone into ``exp`` (1 epoch, a step checkpoint every 2 steps) with a fault injected."""
+    recipe: Path = mini_run["recipe"]
+    opts = (
+        "--epochs 1 --batch-size 12 --set model.args.base_width=4 --set model.args.embed_dim=32 "
+        "--set data.chunk_frames=64 --set train.num_avg=1 --set train.save_every_steps=2"
+    )
+    args = [str(recipe / "run.sh"), *mini_run["common"], "--speed_perturb", "true", "--aug", "true"]
+    args += ["--exp_dir", exp, "--train_opts", opts, *extra]
+    return run(args, cwd=recipe, check=False, env={"MEMSV_FAULT_INJECT": fault}, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_max_restarts_lets_torchrun_restart_a_killed_training_which_resumes(mini_run: dict) -> None:
+    done = _stage_3(
+        mini_run, "exp/restarts", "KILL@3", "--stage", "3", "--stop_stage", "3", "--max_restarts", "1"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    exp = mini_run["recipe"] / "exp/restarts"
+    log = (exp / "train.log").read_text()
+    assert (
+        "resumed from exp/restarts/models/checkpoint_00000002.pt (epoch 1, step 2, torchrun restart 1)" in log
+    )
+    assert (exp / "models/final_model.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_stopped_training_stops_the_recipe_before_averaging(mini_run: dict) -> None:
+    done = _stage_3(mini_run, "exp/stopped", "TERM@2", "--stage", "3", "--stop_stage", "4")
+    assert done.returncode == 1
+    assert "memsv train: stopped by SIGTERM after step 3" in done.stderr
+    assert (
+        "training in exp/stopped stopped before its last epoch; continue it with --stage 3 --resume true"
+        in (done.stderr)
+    )
+    exp = mini_run["recipe"] / "exp/stopped"
+    assert (exp / "models/last.pt").is_file() and not (exp / "models/avg_model.pt").exists()

@@ -58,7 +58,7 @@ def test_tiny_reversible_model_with_adam8bit_learns(data_dir: Path, tmp_path: Pa
     assert result.epochs_done == 10 and len(losses) == 10
     assert losses[-1] < 0.3 * losses[0]
     assert result.history[-1]["acc"] > 0.6  # chance is 1/8
-    opt_state = load_checkpoint(tmp_path / "exp/models/epoch_10.pt")["optimizer"]["state"]
+    opt_state = load_checkpoint(tmp_path / "exp/models/last.pt")["optimizer"]["state"]
     assert any(t.dtype == torch.uint8 for s in opt_state.values() for t in s.values() if torch.is_tensor(t))
 
 
@@ -67,11 +67,11 @@ def test_resume_after_interruption_is_bit_identical(data_dir: Path, tmp_path: Pa
     cfg = tiny_config(data_dir, "train.epochs=2", "train.num_workers=1", "data.spec_aug=true")
     train(cfg, tmp_path / "straight")
     first = train(cfg, tmp_path / "resumed", stop_after_epoch=1)
-    assert first.epochs_done == 1 and not (tmp_path / "resumed/models/epoch_2.pt").exists()
+    assert first.epochs_done == 1 and not (tmp_path / "resumed/models/model_2.pt").exists()
     second = train(cfg, tmp_path / "resumed", resume=True)
     assert second.epochs_done == 2 and len(second.history) == 1
-    a = load_checkpoint(tmp_path / "straight/models/epoch_2.pt")
-    b = load_checkpoint(tmp_path / "resumed/models/epoch_2.pt")
+    a = load_checkpoint(tmp_path / "straight/models/last.pt")
+    b = load_checkpoint(tmp_path / "resumed/models/last.pt")
     for part in ("model", "head"):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
@@ -117,8 +117,11 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     cfg_bad = dict(cfg, data={**cfg["data"], "dir": str(bad)})
     with pytest.raises(NonFiniteLoss, match="non-finite at epoch 2, step 1"):
         train(cfg_bad, tmp_path / "exp", resume=True)
-    assert (tmp_path / "exp/models/epoch_1.pt").is_file()
-    assert not (tmp_path / "exp/models/epoch_2.pt").exists()
+    assert (tmp_path / "exp/models/model_1.pt").is_file()
+    assert not (tmp_path / "exp/models/model_2.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "exp/models").glob("checkpoint_*")) == [
+        "checkpoint_00000004.pt"
+    ]
     assert "stopped: loss became non-finite" in (tmp_path / "exp/train.log").read_text()
 
 
@@ -126,7 +129,7 @@ def test_average_model_is_the_mean_of_the_last_epochs(data_dir: Path, tmp_path: 
     cfg = tiny_config(data_dir, "train.epochs=3", "train.num_avg=2")
     result = train(cfg, tmp_path / "exp")
     assert result.avg_model == tmp_path / "exp/models/avg_model.pt"
-    e2, e3 = (load_checkpoint(tmp_path / f"exp/models/epoch_{e}.pt")["model"] for e in (2, 3))
+    e2, e3 = (load_checkpoint(tmp_path / f"exp/models/model_{e}.pt")["model"] for e in (2, 3))
     avg = load_checkpoint(result.avg_model)
     assert avg["averaged_epochs"] == [2, 3]
     for key, value in avg["model"].items():
@@ -185,9 +188,9 @@ def test_cli_train_writes_config_logs_metrics_curve_and_a_loadable_model(
     main(["average-model", "--exp-dir", str(exp), "--num", "1", "--dst-model", str(tmp_path / "a.pt")])
     assert (tmp_path / "a.pt").is_file()
     # --resume without --config reuses EXP/config.yaml; with every epoch done it only re-averages
-    before = (exp / "models/epoch_2.pt").stat().st_mtime_ns
+    before = (exp / "models/model_2.pt").stat().st_mtime_ns
     main(["train", "--exp-dir", str(exp), "--resume"])
-    assert (exp / "models/epoch_2.pt").stat().st_mtime_ns == before
+    assert (exp / "models/model_2.pt").stat().st_mtime_ns == before
     assert load_checkpoint(exp / "models/avg_model.pt")["averaged_epochs"] == [1, 2]
 
 
@@ -214,7 +217,8 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Captur
     assert done.value.code == 1
     assert err.count("\n") == 1
     assert err.startswith(
-        "memsv train: error: --set train.bogus=1: unknown config key 'train.bogus' (known here: batch_size, "
+        "memsv train: error: --set train.bogus=1: unknown config key 'train.bogus' "
+        "(known here: accum_steps, batch_size, "
     )
     with pytest.raises(SystemExit) as done:
         main(
@@ -266,19 +270,23 @@ def test_init_model_loads_weights_and_head_and_rejects_another_architecture(
     data_dir: Path, tmp_path: Path
 ) -> None:
     from memsv_cli.train.distributed import DistInfo
-    from memsv_cli.train.trainer import TrainLog, build_state, init_from_checkpoint
+    from memsv_cli.train.settings import Settings
+    from memsv_cli.train.state import build_state, init_from_checkpoint
 
     cfg = tiny_config(data_dir, "train.epochs=1", "train.num_avg=1")
     train(cfg, tmp_path / "exp")
     avg = tmp_path / "exp/models/avg_model.pt"
-    state = build_state(cfg, num_classes=8, num_items=64, info=DistInfo())
-    init_from_checkpoint(state.net, str(avg), TrainLog(tmp_path, enabled=False))
+    state = build_state(Settings.from_config(cfg), num_classes=8, num_items=64, info=DistInfo())
+    assert init_from_checkpoint(state.net, str(avg)).startswith("initialised model and head")
     saved = load_checkpoint(avg)
     assert all(torch.equal(v, saved["model"][k]) for k, v in state.net.model.state_dict().items())
     assert torch.equal(state.net.head.weight, saved["head"]["weight"])
     other = build_state(
-        tiny_config(data_dir, "model.name=resnet18"), num_classes=8, num_items=64, info=DistInfo()
+        Settings.from_config(tiny_config(data_dir, "model.name=resnet18")),
+        num_classes=8,
+        num_items=64,
+        info=DistInfo(),
     )
     other.net.model = torch.nn.Linear(2, 2)
     with pytest.raises(MemsvError, match="do not fit this model"):
-        init_from_checkpoint(other.net, str(avg), TrainLog(tmp_path, enabled=False))
+        init_from_checkpoint(other.net, str(avg))

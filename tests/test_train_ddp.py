@@ -97,7 +97,7 @@ def test_two_process_gloo_ddp_run_completes_with_identical_parameters(tmp_path: 
     # last step of epoch 1 is global step 3 of 8: 0.01 * (2 ranks x 8 / 64) * 0.1 ** (3 / 8)
     assert r0["history"][0]["lr"] == pytest.approx(0.01 * 0.25 * 0.1 ** (3 / 8))
     # only rank 0 wrote: one checkpoint per epoch, one set of metric records, an averaged model
-    ckpt = load_checkpoint(exp / "models/epoch_2.pt")
+    ckpt = load_checkpoint(exp / "models/last.pt")
     assert len(ckpt["rng"]) == WORLD
     assert all(
         torch.equal(v, r0["params"][f"model.{k}"])

@@ -22,7 +22,11 @@ def train_command(
     precision: str | None = typer.Option(None, "--precision", help="fp32|bf16|fp16 (sets train.precision)."),
     device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda (sets train.device)."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader workers per process."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest EXP/models/epoch_N.pt."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the newest complete EXP/models/checkpoint_<step>.pt (mid-epoch).",
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override any config key: --set optimizer.args.weight_decay=1e-4 (value is YAML)."
     ),
@@ -30,9 +34,10 @@ def train_command(
     """Train a speaker-embedding model (AAM-softmax) on feats.scp + utt2spk; torchrun for many GPUs.
 
     Order of precedence: defaults < --config < the named flags < --set. With --resume and no --config
-    the saved EXP/config.yaml is used.
+    the saved EXP/config.yaml is used. SIGTERM / SIGUSR1 (preemption) and Ctrl-C finish the current
+    step, write a checkpoint and stop (exit 0, or 130 after Ctrl-C); --resume continues from it.
     """
-    from memsv_cli.train.config import load_yaml, resolve_config
+    from memsv_cli.train.config import family_switch_warning, load_yaml, resolve_config
     from memsv_cli.train.trainer import train
 
     flags = {
@@ -55,29 +60,54 @@ def train_command(
     elif config is None:
         raise MemsvError("--config is required (except with --resume, which reuses EXP/config.yaml)")
     resolved = resolve_config(config if base is None else None, sets, base=base)
+    if base is None:
+        warning = family_switch_warning(resolve_config(config), resolved, list(overrides))
+        if warning:
+            typer.echo(f"memsv train: warning: {warning}", err=True)
     result = train(resolved, exp_dir, resume=resume)
-    if result.history:
+    _report(result, exp_dir)
+
+
+def _report(result: object, exp_dir: Path) -> None:
+    """One line on how the run ended; a stop signal exits 0 (preemption) or 130 (Ctrl-C)."""
+    from memsv_cli.train.trainer import TrainResult
+
+    assert isinstance(result, TrainResult)
+    from memsv_cli.sizes import format_bytes
+
+    disk = f"; experiment disk use {format_bytes(result.disk_bytes)}"
+    if result.stopped_by is not None:
+        if not result.is_main:  # one line per run, not per rank
+            raise typer.Exit(result.exit_status)
+        typer.echo(
+            f"memsv train: stopped by {result.stopped_by} after step {result.step} (checkpoint "
+            f"{result.checkpoint}); resume with: memsv train --exp-dir {exp_dir} --resume{disk}",
+            err=True,
+        )
+        raise typer.Exit(result.exit_status)
+    if result.history and result.is_main:
         last = result.history[-1]
         typer.echo(
             f"trained {result.epochs_done} epoch(s): loss {last['loss']:.4f}, "
             f"accuracy {100 * last['acc']:.2f}%"
             + (f"; averaged model {result.avg_model}" if result.avg_model else "")
+            + disk
         )
 
 
 def average_model_command(
     exp_dir: Path | None = typer.Option(None, "--exp-dir", help="Experiment dir (uses EXP/models)."),
     src_path: Path | None = typer.Option(
-        None, "--src-path", help="Folder of epoch_N.pt (default EXP/models)."
+        None, "--src-path", help="Folder of model_N.pt (default EXP/models)."
     ),
     dst_model: Path | None = typer.Option(
         None, "--dst-model", help="Output (default <models>/avg_model.pt)."
     ),
-    num: int = typer.Option(10, "--num", help="Average the newest NUM epoch checkpoints."),
+    num: int = typer.Option(10, "--num", help="Average the newest NUM per-epoch model_N.pt."),
     min_epoch: int | None = typer.Option(None, "--min-epoch", help="Ignore epochs below this."),
     max_epoch: int | None = typer.Option(None, "--max-epoch", help="Ignore epochs above this."),
 ) -> None:
-    """Average the last NUM epoch checkpoints' weights into one inference checkpoint (WeSpeaker style)."""
+    """Average the last NUM per-epoch weights (model_N.pt) into one inference checkpoint (WeSpeaker style)."""
     from memsv_cli.train.averaging import average_checkpoints
 
     if src_path is None:

@@ -172,56 +172,82 @@ class ChunkDataset(Dataset):
 
 
 class ChunkBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Per-epoch shuffled, rank-sharded batches of ``(utterance_index, sample_seed)``.
+    """Per-epoch shuffled, rank-sharded micro-batches of ``(utterance_index, sample_seed)``.
 
     The epoch's permutation and per-utterance seeds come from ``numpy.random.default_rng([seed, epoch])``
-    and are identical on every rank; rank r takes positions ``r, r + W, ...`` of the permutation (padded
-    by wrapping so every rank gets the same count), and only full batches are used so that all ranks run
-    the same number of steps (DDP needs that) and BatchNorm never sees a batch of 1.
+    and are identical on every rank. With W ranks and A micro-batches per optimizer step
+    (``accum_steps``) there are ``W * A`` *slots*: slot ``s`` takes positions ``s, s + W*A, ...`` of the
+    permutation (padded by wrapping so every slot gets the same count), rank r owns slots
+    ``r*A .. r*A + A - 1`` and yields, for each step, one micro-batch of each of its slots in order. So
+    one process with ``accum_steps=2`` sees exactly the micro-batches two DDP processes see. Only full
+    batches are used: all ranks run the same number of steps (DDP needs that) and BatchNorm never sees
+    a batch of 1.
 
     Args:
         num_items: utterances in the dataset (N).
-        batch_size: per rank.
+        batch_size: per micro-batch.
         seed: base seed of the run.
         rank, world_size: this process's shard.
+        accum_steps: micro-batches per optimizer step (A).
     """
 
     def __init__(
-        self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        accum_steps: int = 1,
     ) -> None:
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        if len(self) == 0:
+        self.rank, self.world_size, self.accum_steps = rank, world_size, accum_steps
+        self.epoch, self.start_step = 0, 0
+        if self.steps_per_epoch == 0:
             raise MemsvError(
-                f"{num_items} utterances over {world_size} process(es) do not fill one batch of "
-                f"{batch_size}: lower train.batch_size"
+                f"{num_items} utterances over {world_size} process(es) x {accum_steps} micro-batch(es) "
+                f"do not fill one batch of {batch_size}: lower train.batch_size"
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (0-based) whose batches :meth:`__iter__` yields."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Select the epoch (0-based) and the optimizer step within it (0-based) to start from."""
+        self.epoch, self.start_step = epoch, start_step
 
     @property
-    def per_rank(self) -> int:
-        return math.ceil(self.num_items / self.world_size)
+    def slots(self) -> int:
+        """Micro-batches of one optimizer step over all ranks (``world_size * accum_steps``)."""
+        return self.world_size * self.accum_steps
+
+    @property
+    def per_slot(self) -> int:
+        return math.ceil(self.num_items / self.slots)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch."""
+        return self.per_slot // self.batch_size
 
     def __len__(self) -> int:
-        return self.per_rank // self.batch_size
+        """Micro-batches this rank yields from the start step to the end of the epoch."""
+        return (self.steps_per_epoch - self.start_step) * self.accum_steps
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.num_items)
         seeds = rng.integers(0, 2**63 - 1, size=self.num_items, dtype=np.int64)
-        total = self.per_rank * self.world_size
-        padded = np.resize(order, total)  # wraps around: the first few utterances appear twice
-        mine = padded[self.rank :: self.world_size]
-        for b in range(len(self)):
-            idx = mine[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [(int(i), int(seeds[i])) for i in idx]
+        padded = np.resize(order, self.per_slot * self.slots)  # wraps: the first few appear twice
+        mine = [
+            padded[s :: self.slots]
+            for s in range(self.rank * self.accum_steps, (self.rank + 1) * self.accum_steps)
+        ]
+        for b in range(self.start_step, self.steps_per_epoch):
+            for slot in mine:
+                idx = slot[b * self.batch_size : (b + 1) * self.batch_size]
+                yield [(int(i), int(seeds[i])) for i in idx]
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch}
+        return {"seed": self.seed, "epoch": self.epoch, "step_in_epoch": self.start_step}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        self.start_step = int(state.get("step_in_epoch", 0))

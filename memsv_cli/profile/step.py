@@ -1,25 +1,26 @@
-"""One speaker-embedding training step, exactly as ``memsv train`` runs it, for memory measurement.
+"""One speaker-embedding training step for memory measurement: exactly the step ``memsv train`` runs.
 
-A step is ``zero_grad(set_to_none=True)`` -> fbank batch ``(B, T, F)`` -> embedding model ``(B, E)`` ->
-AAM-softmax head ``(B, C)`` logits -> cross-entropy -> ``backward()`` -> ``optimizer.step()``. The head's
-weight ``(C, E)``, its gradient and optimizer state, and the ``(B, C)`` logits are part of the step's
-memory, as they are in real training.
+The step is :class:`memsv_cli.train.step.TrainStep` itself (zero_grad, autocast forward of model + AAM
+head on a fbank batch ``(B, T, F)``, cross-entropy, backward, clipping if asked, optimizer step), on a
+random batch; the profiler keeps no copy of it. The head's weight ``(C, E)``, its gradient and
+optimizer state, and the ``(B, C)`` logits are part of the step's memory, as they are in real training.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from memsv_cli.errors import MemsvError
+from memsv_cli.optim import OPTIMIZER_NAMES, full_precision_name
 from memsv_cli.train.heads import AAMSoftmax
+from memsv_cli.train.step import TrainingNet, TrainStep
 
-OPTIMIZERS = ("sgd", "sgd8bit", "adam", "adam8bit", "adamw", "adamw8bit")
+OPTIMIZERS = OPTIMIZER_NAMES
+# fp16 needs a GradScaler, which runs only on CUDA; the estimate (meta) and CPU steps run fp32 / bf16
 PRECISIONS = ("fp32", "bf16")
 
 # The recipe's hyper-parameters (PAPER.md); only the presence of momentum / moments matters for memory.
@@ -31,9 +32,8 @@ OPTIMIZER_KWARGS: dict[str, dict[str, object]] = {
 
 
 def full_precision_optimizer(name: str) -> str:
-    """The 32-bit optimizer an 8-bit one replaces (``adam8bit`` -> ``adam``); 32-bit names map to
-    themselves."""
-    return name.removesuffix("8bit")
+    """The 32-bit optimizer an 8-bit one replaces (``adam8bit`` -> ``adam``)."""
+    return full_precision_name(name)
 
 
 def build_optimizer(name: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -74,13 +74,22 @@ class StepSetup:
 
 @dataclass
 class TrainingStep:
-    """A model, its head and optimizer, ready to run :meth:`run` repeatedly on random batches."""
+    """A model, its head and optimizer wrapped in the training step, ready to :meth:`run` on random
+    batches."""
 
-    model: nn.Module
-    head: AAMSoftmax
+    net: TrainingNet
     optimizer: torch.optim.Optimizer
+    step: TrainStep
     setup: StepSetup
     device_type: str  # "cpu" or "cuda": where batches are made and which autocast applies
+
+    @property
+    def model(self) -> nn.Module:
+        return self.net.model
+
+    @property
+    def head(self) -> AAMSoftmax:
+        return self.net.head
 
     @classmethod
     def build(
@@ -90,27 +99,20 @@ class TrainingStep:
         device: torch.device | str = "cpu",
         optimizer_factory: Callable[[str, list[nn.Parameter]], torch.optim.Optimizer] = build_optimizer,
     ) -> TrainingStep:
-        """Build model (``build_model()``), head and optimizer on ``device``, in training mode."""
+        """Build model (``build_model()``), head, optimizer and step on ``device``, in training mode."""
         device = torch.device(device)
-        model = build_model().train()
-        head = AAMSoftmax(setup.embed_dim, setup.num_speakers).train()
+        net = TrainingNet(build_model(), AAMSoftmax(setup.embed_dim, setup.num_speakers)).train()
         if device.type != "cpu":  # fake (meta) tensors present as CPU tensors and cannot be moved
-            model, head = model.to(device), head.to(device)
-        optimizer = optimizer_factory(setup.optimizer, [*model.parameters(), *head.parameters()])
-        return cls(model, head, optimizer, setup, device.type)
+            net = net.to(device)
+        optimizer = optimizer_factory(setup.optimizer, list(net.parameters()))
+        step = TrainStep(net, optimizer, setup.precision, device.type)
+        return cls(net, optimizer, step, setup, device.type)
 
     def parameters(self) -> Iterator[nn.Parameter]:
-        yield from self.model.parameters()
-        yield from self.head.parameters()
+        yield from self.net.parameters()
 
     def buffers(self) -> Iterator[torch.Tensor]:
-        yield from self.model.buffers()
-        yield from self.head.buffers()
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.setup.precision == "bf16":
-            return torch.autocast(self.device_type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        yield from self.net.buffers()
 
     def warm_up_optimizer(self) -> None:
         """Create the optimizer states as a first step would, without running the model: every parameter
@@ -120,14 +122,8 @@ class TrainingStep:
         self.optimizer.step()
 
     def run(self) -> torch.Tensor:
-        """One full step (zero_grad, forward, backward, optimizer step); returns the loss (0-d)."""
+        """One full training step on a random batch; returns its statistics (``train.step.STAT_*``)."""
         s = self.setup
-        self.optimizer.zero_grad(set_to_none=True)
         feats = torch.randn(s.batch_size, s.frames, s.feat_dim, device=self.device_type)
         labels = torch.randint(0, s.num_speakers, (s.batch_size,), device=self.device_type)
-        with self._autocast():
-            embeddings = self.model(feats)
-            loss = F.cross_entropy(self.head(embeddings, labels), labels)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        return self.step([(feats, labels)])

@@ -1,33 +1,19 @@
 """Checkpoint averaging (WeSpeaker ``average_model.py``): mean of the last N epochs' model weights.
 
-Floating-point tensors (weights and BatchNorm running statistics) are averaged in float64 and cast
-back; integer buffers (``num_batches_tracked``) take the newest checkpoint's value.
+Reads the per-epoch weights-only ``model_N.pt`` (or memsv 0.1's full ``epoch_N.pt``). Floating-point
+tensors (weights and BatchNorm running statistics) are averaged in float64 and cast back; integer
+buffers (``num_batches_tracked``) take the newest checkpoint's value.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from memsv_cli.errors import MemsvError
-from memsv_cli.train.checkpoint import load_checkpoint, save_checkpoint
-
-_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
-
-
-def epoch_checkpoints(models_dir: str | Path) -> dict[int, Path]:
-    """``{epoch: path}`` of the ``epoch_N.pt`` files in ``models_dir`` (N is 1-based), sorted by epoch."""
-    models_dir = Path(models_dir)
-    found: dict[int, Path] = {}
-    if models_dir.is_dir():
-        for p in models_dir.iterdir():
-            m = _EPOCH_RE.match(p.name)
-            if m:
-                found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
+from memsv_cli.train.checkpoint import epoch_models, load_checkpoint, save_checkpoint
 
 
 def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -60,7 +46,7 @@ def average_checkpoints(
     """Average the last ``num`` epoch checkpoints in ``min_epoch..max_epoch`` into ``dst``.
 
     Args:
-        models_dir: folder with ``epoch_N.pt``.
+        models_dir: folder with ``model_N.pt`` (or ``epoch_N.pt``).
         dst: output file (default ``models_dir/avg_model.pt``), written atomically with ``model``,
             ``config`` (of the newest checkpoint), ``averaged_epochs`` and (when every checkpoint has
             one) the averaged AAM-softmax ``head``.
@@ -73,27 +59,33 @@ def average_checkpoints(
         raise MemsvError(f"--num must be >= 1, got {num}")
     found = {
         e: p
-        for e, p in epoch_checkpoints(models_dir).items()
+        for e, p in epoch_models(models_dir).items()
         if (min_epoch is None or e >= min_epoch) and (max_epoch is None or e <= max_epoch)
     }
     if not found:
-        raise MemsvError(f"{models_dir}: no epoch_N.pt checkpoints to average")
+        raise MemsvError(f"{models_dir}: no model_N.pt (or epoch_N.pt) checkpoints to average")
     epochs = list(found)[-num:]
     # One checkpoint in memory at a time: training checkpoints also hold optimizer states.
-    states, heads, config, names = [], [], None, set()
+    states, heads, config, names, step = [], [], None, set(), None
     for e in epochs:
         payload = load_checkpoint(found[e])
         states.append(payload["model"])
         if payload.get("head") is not None:
             heads.append(payload["head"])
-        config = payload["config"]
+        config, step = payload["config"], payload.get("step")
         names.add(config["model"]["name"])
         del payload
     if len(names) > 1:
         raise MemsvError(f"{models_dir}: checkpoints of different models {sorted(names)} cannot be averaged")
     model = average_state_dicts(states)
     dst = Path(dst) if dst is not None else Path(models_dir) / "avg_model.pt"
-    payload: dict[str, Any] = {"model": model, "config": config, "averaged_epochs": epochs}
+    payload: dict[str, Any] = {
+        "model": model,
+        "config": config,
+        "epoch": epochs[-1],
+        "step": step,
+        "averaged_epochs": epochs,
+    }
     if len(heads) == len(states):  # the classifier too, so that fine-tuning can start from it
         payload["head"] = average_state_dicts(heads)
     save_checkpoint(dst, payload)

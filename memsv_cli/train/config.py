@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "epochs": 150,
-        "batch_size": 128,  # per process (per GPU), as in WeSpeaker
+        "batch_size": 128,  # per process (per GPU) and micro-batch, as in WeSpeaker
+        # Gradient accumulation: micro-batches of batch_size per optimizer step, so the global batch is
+        # world_size * batch_size * accum_steps (one GPU with 2 reproduces the 2-GPU recipe exactly).
+        "accum_steps": 1,
         "num_workers": 2,
         "precision": "fp32",  # fp32 | bf16 | fp16
         "device": "auto",  # auto | cpu | cuda
@@ -67,6 +71,13 @@ DEFAULTS: dict[str, Any] = {
         # for large-margin fine-tuning. The head is taken too when the checkpoint has a matching one.
         "init_model": None,
         "dist_timeout_s": 1800,  # torch.distributed collective timeout: a dead rank fails the others
+        # Step checkpoints (models/checkpoint_<step>.pt, models/last.pt -> the newest): every this many
+        # minutes and/or optimizer steps (null: off), besides the one at every epoch end.
+        "save_every_minutes": 30,
+        "save_every_steps": None,
+        "keep_checkpoints": 2,  # full (resumable) checkpoints kept; weights-only model_N.pt are separate
+        "keep_epoch_models": None,  # weights-only models/model_N.pt kept (null: all, as WeSpeaker)
+        "tensorboard": False,  # also write TensorBoard scalars to EXP/tensorboard (rank 0)
     },
 }
 
@@ -75,6 +86,8 @@ FREE_FORM: tuple[str, ...] = ("model.args", "optimizer.args", "data.spec_aug_arg
 
 # Keys that may differ between an interrupted run and its ``--resume`` without changing the result
 # (or only where the user asked for it, such as where the data now lives).
+# ``train.accum_steps`` may change as long as world_size * accum_steps (the micro-batches of one step)
+# does not: the trainer checks that, so 2 GPUs can continue on 1 GPU with accum_steps 2 and vice versa.
 RUNTIME_KEYS: tuple[str, ...] = (
     "data.dir",
     "train.num_workers",
@@ -82,14 +95,23 @@ RUNTIME_KEYS: tuple[str, ...] = (
     "train.progress",
     "train.device",
     "train.dist_timeout_s",
+    "train.accum_steps",
+    "train.save_every_minutes",
+    "train.save_every_steps",
+    "train.keep_checkpoints",
+    "train.keep_epoch_models",
+    "train.tensorboard",
 )
 
 # When a config file or override changes ``model.name`` / ``optimizer.name``, the inherited ``args``
 # keep only these (valid for every model / optimizer); e.g. SGD's ``momentum`` must not reach Adam.
+# Within one optimizer family (sgd <-> sgd8bit, adam <-> adam8bit <-> adamw...) every argument but the
+# 8-bit-only ones stays: ``--optimizer sgd8bit`` on an SGD config keeps its momentum and Nesterov.
 KEPT_ON_SWITCH: dict[str, tuple[str, ...]] = {
     "model": ("feat_dim", "embed_dim", "base_width"),
     "optimizer": ("weight_decay",),
 }
+EIGHT_BIT_ONLY_ARGS = ("block_size", "min_8bit_size", "optim_bits")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -137,11 +159,8 @@ def merge(base: dict[str, Any], update: dict[str, Any], *, source: str, prefix: 
             and isinstance(value, dict)
             and value.get("name") not in (None, out[key].get("name"))
         ):
-            kept = KEPT_ON_SWITCH[key]
-            out[key] = {
-                **out[key],
-                "args": {k: v for k, v in (out[key].get("args") or {}).items() if k in kept},
-            }
+            args = _args_kept_on_switch(key, out[key].get("name"), value["name"], out[key].get("args") or {})
+            out[key] = {**out[key], "args": args}
         if isinstance(out.get(key), dict) and isinstance(value, dict):
             out[key] = merge(out[key], value, source=source, prefix=f"{dotted}.")
         elif isinstance(out.get(key), dict) and not _is_free_form(dotted) and value is not None:
@@ -149,6 +168,21 @@ def merge(base: dict[str, Any], update: dict[str, Any], *, source: str, prefix: 
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _args_kept_on_switch(section: str, old: Any, new: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """The inherited ``args`` that stay valid when ``section.name`` changes from ``old`` to ``new``."""
+    if section == "optimizer":
+        from memsv_cli.optim import optimizer_family
+
+        try:
+            same_family = optimizer_family(str(old)) == optimizer_family(str(new))
+        except MemsvError:  # an unknown name is reported when the optimizer is built
+            same_family = False
+        if same_family:
+            eight_bit = str(new).lower().endswith("8bit")
+            return {k: v for k, v in args.items() if eight_bit or k not in EIGHT_BIT_ONLY_ARGS}
+    return {k: v for k, v in args.items() if k in KEPT_ON_SWITCH[section]}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -214,64 +248,76 @@ def resolve_config(
     return config
 
 
-def validate(config: dict[str, Any]) -> None:
-    """Check value types and ranges that would otherwise fail deep inside training."""
-
-    def need(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            raise MemsvError(f"config key {key!r} {what}")
-
-    train, sched, margin = config["train"], config["scheduler"], config["margin_scheduler"]
-    need(isinstance(config["seed"], int), "seed", "must be an integer")
-    need(isinstance(config["model"].get("name"), str), "model.name", "must be a model name")
-    need(isinstance(config["model"].get("args") or {}, dict), "model.args", "must be a mapping")
-    need(isinstance(config["optimizer"].get("name"), str), "optimizer.name", "must be an optimizer name")
-    need(isinstance(config["optimizer"].get("args") or {}, dict), "optimizer.args", "must be a mapping")
-    for key in ("epochs", "batch_size"):
-        need(isinstance(train[key], int) and train[key] >= 1, f"train.{key}", "must be an integer >= 1")
-    for key in ("num_workers", "num_avg", "log_interval"):
-        need(isinstance(train[key], int) and train[key] >= 0, f"train.{key}", "must be an integer >= 0")
-    need(
-        train["init_model"] is None or isinstance(train["init_model"], str),
-        "train.init_model",
-        "must be a checkpoint path or null",
-    )
-    need(
-        _is_number(train["dist_timeout_s"]) and train["dist_timeout_s"] > 0,
-        "train.dist_timeout_s",
-        "must be > 0",
-    )
-    need(train["precision"] in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
-    need(train["device"] in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}")
-    need(
-        train["grad_clip"] is None or (_is_number(train["grad_clip"]) and train["grad_clip"] > 0),
-        "train.grad_clip",
-        "must be a positive number or null",
-    )
-    chunk = config["data"]["chunk_frames"]
-    need(isinstance(chunk, int) and chunk >= 8, "data.chunk_frames", "must be an integer >= 8")
-    need(config["head"]["name"] == "aam_softmax", "head.name", "must be 'aam_softmax'")
-    need(_is_number(config["head"]["scale"]) and config["head"]["scale"] > 0, "head.scale", "must be > 0")
-    need(sched["name"] == "exponential_decrease", "scheduler.name", "must be 'exponential_decrease'")
-    for key in ("initial_lr", "final_lr"):
-        need(_is_number(sched[key]) and sched[key] > 0, f"scheduler.{key}", "must be a number > 0")
-    need(
-        _is_number(sched["warm_up_epochs"]) and sched["warm_up_epochs"] >= 0,
-        "scheduler.warm_up_epochs",
-        "must be >= 0",
-    )
-    need(margin["increase_type"] in ("exp", "linear"), "margin_scheduler.increase_type", "must be exp|linear")
-    need(
-        _is_number(margin["increase_start_epoch"])
-        and _is_number(margin["fix_start_epoch"])
-        and margin["fix_start_epoch"] >= margin["increase_start_epoch"] >= 0,
-        "margin_scheduler.fix_start_epoch",
-        "must be >= increase_start_epoch >= 0",
-    )
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int_at_least(low: int, allow_none: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (allow_none and v is None) or (_is_int(v) and v >= low)
+
+
+def _positive(allow_none: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (allow_none and v is None) or (_is_number(v) and v > 0)
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+# (dotted key, check, what the value must be): one line each, checked in order by :func:`validate`.
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("seed", _is_int, "must be an integer"),
+    ("model.name", lambda v: isinstance(v, str), "must be a model name"),
+    ("model.args", lambda v: isinstance(v or {}, dict), "must be a mapping"),
+    ("optimizer.name", lambda v: isinstance(v, str), "must be an optimizer name"),
+    ("optimizer.args", lambda v: isinstance(v or {}, dict), "must be a mapping"),
+    ("data.chunk_frames", _int_at_least(8), "must be an integer >= 8"),
+    ("data.spec_aug", lambda v: isinstance(v, bool), "must be true or false"),
+    ("head.name", _one_of(("aam_softmax",)), "must be 'aam_softmax'"),
+    ("head.scale", _positive(), "must be > 0"),
+    ("scheduler.name", _one_of(("exponential_decrease",)), "must be 'exponential_decrease'"),
+    ("scheduler.initial_lr", _positive(), "must be a number > 0"),
+    ("scheduler.final_lr", _positive(), "must be a number > 0"),
+    ("scheduler.warm_up_epochs", lambda v: _is_number(v) and v >= 0, "must be >= 0"),
+    ("margin_scheduler.increase_type", _one_of(("exp", "linear")), "must be exp|linear"),
+    ("train.epochs", _int_at_least(1), "must be an integer >= 1"),
+    ("train.batch_size", _int_at_least(1), "must be an integer >= 1"),
+    ("train.accum_steps", _int_at_least(1), "must be an integer >= 1"),
+    ("train.num_workers", _int_at_least(0), "must be an integer >= 0"),
+    ("train.num_avg", _int_at_least(0), "must be an integer >= 0"),
+    ("train.log_interval", _int_at_least(0), "must be an integer >= 0"),
+    ("train.precision", _one_of(PRECISIONS), f"must be one of {', '.join(PRECISIONS)}"),
+    ("train.device", _one_of(DEVICES), f"must be one of {', '.join(DEVICES)}"),
+    ("train.grad_clip", _positive(allow_none=True), "must be a positive number or null"),
+    ("train.init_model", lambda v: v is None or isinstance(v, str), "must be a checkpoint path or null"),
+    ("train.dist_timeout_s", _positive(), "must be > 0"),
+    ("train.save_every_minutes", _positive(allow_none=True), "must be a number of minutes > 0 or null"),
+    ("train.save_every_steps", _int_at_least(1, allow_none=True), "must be an integer >= 1 or null"),
+    ("train.keep_checkpoints", _int_at_least(1), "must be an integer >= 1"),
+    ("train.tensorboard", lambda v: isinstance(v, bool), "must be true or false"),
+    ("train.progress", lambda v: isinstance(v, bool), "must be true or false"),
+)
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Check value types and ranges that would otherwise fail deep inside training (one-line errors)."""
+    for key, ok, what in _RULES:
+        if not ok(get_key(config, key)):
+            raise MemsvError(f"config key {key!r} {what}")
+    margin, train = config["margin_scheduler"], config["train"]
+    start, fix = margin["increase_start_epoch"], margin["fix_start_epoch"]
+    if not (_is_number(start) and _is_number(fix) and fix >= start >= 0):
+        raise MemsvError("config key 'margin_scheduler.fix_start_epoch' must be >= increase_start_epoch >= 0")
+    keep = train["keep_epoch_models"]
+    if keep is not None and not (_is_int(keep) and keep >= max(1, train["num_avg"])):
+        raise MemsvError(
+            "config key 'train.keep_epoch_models' must be null (keep all) or an integer >= train.num_avg "
+            "(averaging reads those files)"
+        )
 
 
 def get_key(config: dict[str, Any], dotted: str) -> Any:
@@ -300,3 +346,28 @@ def diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
 def save_config(config: dict[str, Any], path: str | Path) -> None:
     """Write the resolved config as YAML (block style, key order kept), atomically."""
     write_text_atomic(path, yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
+
+
+def family_switch_warning(
+    config_file: dict[str, Any], resolved: dict[str, Any], overrides: list[str]
+) -> str | None:
+    """A one-line warning when a flag or ``--set`` moved the optimizer to another family (SGD <-> Adam)
+    but the learning rates still come from the config file, tuned for the other family (an Adam
+    recipe's 1e-3 would crawl under SGD; SGD's 0.1 makes Adam diverge or train badly)."""
+    from memsv_cli.optim import optimizer_family
+
+    before, after = config_file["optimizer"]["name"], resolved["optimizer"]["name"]
+    try:
+        if optimizer_family(before) == optimizer_family(after):
+            return None
+    except MemsvError:  # an unknown name is reported when the optimizer is built
+        return None
+    if any(o.split("=", 1)[0].strip().startswith("scheduler.") for o in overrides):
+        return None
+    sched = resolved["scheduler"]
+    return (
+        f"optimizer {after} is not of the {optimizer_family(before)} family the config was written for, but "
+        f"the learning rates still are (scheduler.initial_lr {sched['initial_lr']:g}, final_lr "
+        f"{sched['final_lr']:g}); set them for {after} with --set scheduler.initial_lr=... "
+        "--set scheduler.final_lr=... (the recipe's Adam configs use 1e-3 -> 1e-5, SGD 0.1 -> 5e-5)"
+    )

@@ -107,3 +107,12 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(obj: object, info: DistInfo) -> list[object]:
+    """Every rank's ``obj``, indexed by rank (collective: call on all ranks)."""
+    if not info.enabled:
+        return [obj]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

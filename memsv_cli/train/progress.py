@@ -19,7 +19,7 @@ class TrainProgress:
     """Context manager; a no-op when ``enabled`` is False (ranks > 0, ``train.progress: false``).
 
     On a terminal it draws a live bar; otherwise (output redirected to a log file) it prints one summary
-    line per epoch instead, so that logs are not flooded with bar redraws.
+    line per epoch instead, so that logs are not flooded with bar redraws, and never wraps it.
     """
 
     def __init__(self, enabled: bool, total_epochs: int, console: Console | None = None) -> None:
@@ -47,11 +47,12 @@ class TrainProgress:
         if self._progress is not None:
             self._progress.stop()
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
-        """Begin a bar for ``epoch`` (1-based) of ``steps`` batches."""
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        """Begin a bar for ``epoch`` (1-based) of ``steps`` optimizer steps, ``done`` of them already
+        (a run resumed inside the epoch)."""
         if self._progress is not None:
             self._task = self._progress.add_task(
-                "train", total=steps, epoch=epoch, epochs=self.total_epochs, stats=""
+                "train", total=steps, completed=done, epoch=epoch, epochs=self.total_epochs, stats=""
             )
 
     def update(self, *, loss: float, acc: float, lr: float, margin: float, samples_per_s: float) -> None:
@@ -73,4 +74,7 @@ class TrainProgress:
             self._progress.update(self._task, stats=stats)
             self._task = None
         elif self.enabled:
-            self.console.print(f"epoch {metrics['epoch']}/{self.total_epochs} {stats}", highlight=False)
+            # soft_wrap: a log file gets one line per epoch, never cut at the console's 80 columns
+            self.console.print(
+                f"epoch {metrics['epoch']}/{self.total_epochs} {stats}", highlight=False, soft_wrap=True
+            )

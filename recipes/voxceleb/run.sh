@@ -53,6 +53,7 @@ master_addr=localhost      # rendezvous host (node 0)
 master_port=29400
 rdzv_backend=c10d          # c10d (elastic, node ranks assigned) | static (uses node_rank)
 rdzv_id=memsv_voxceleb
+max_restarts=0             # torchrun restarts a failed worker group this often; it resumes by itself
 
 # Training / scoring
 train_opts=                # extra `memsv train` arguments, e.g. "--set train.epochs=10 --precision bf16"
@@ -162,6 +163,35 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   done
 fi
 
+# memsv train (stages 3 and 8): through torchrun over the GPUs (or with --max_restarts > 0), else
+# directly. A worker group that torchrun restarts resumes from the newest checkpoint by itself. A stop
+# signal (preemption, Ctrl-C) ends memsv train with a checkpoint but no finished model: the recipe stops
+# there instead of averaging a half-trained one.
+run_train() {  # run_train <stage> <rdzv_id> <exp_dir> <memsv train arguments...>
+  local stage_now=$1 id=$2 exp=$3 nproc=1 device=()
+  shift 3
+  if [ "$num_gpus" -ge 1 ]; then
+    export CUDA_VISIBLE_DEVICES=$gpus
+    nproc=$num_gpus device=(--device cuda)
+  fi
+  if [ "$num_gpus" -ge 1 ] || [ "$max_restarts" -gt 0 ]; then
+    # torchrun's agent must not share its rendezvous store with the workers' process group, or a
+    # restarted group can read the dead group's addresses and hang (pytorch#135712)
+    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    local launcher=(torchrun --nnodes="$num_nodes" --nproc_per_node="$nproc" --max_restarts="$max_restarts"
+                    --rdzv_backend="$rdzv_backend" --rdzv_endpoint="$master_addr:$master_port" --rdzv_id="$id")
+    [ "$rdzv_backend" = static ] && launcher+=(--node_rank="$node_rank" --master_addr="$master_addr"
+                                               --master_port="$master_port")
+    "${launcher[@]}" -m memsv_cli "$@" ${device[@]+"${device[@]}"}
+  else
+    memsv "$@"
+  fi
+  if [ ! -e "$exp/models/final_model.pt" ]; then
+    echo "$0: training in $exp stopped before its last epoch; continue it with --stage ${stage_now} --resume true" >&2
+    exit 1
+  fi
+}
+
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log 3 "train $config on $fbank_dir/$train_data -> $exp_dir ($num_gpus GPU(s) x $num_nodes node(s))"
@@ -170,16 +200,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   [ -n "$num_avg" ] && args+=(--set "train.num_avg=$num_avg")
   # shellcheck disable=SC2206  # train_opts is a word list on purpose
   args+=($train_opts)
-  if [ "$num_gpus" -ge 1 ]; then
-    export CUDA_VISIBLE_DEVICES=$gpus
-    launcher=(torchrun --nnodes="$num_nodes" --nproc_per_node="$num_gpus" --rdzv_backend="$rdzv_backend"
-              --rdzv_endpoint="$master_addr:$master_port" --rdzv_id="$rdzv_id")
-    [ "$rdzv_backend" = static ] && launcher+=(--node_rank="$node_rank" --master_addr="$master_addr"
-                                               --master_port="$master_port")
-    "${launcher[@]}" -m memsv_cli "${args[@]}" --device cuda
-  else
-    memsv "${args[@]}"
-  fi
+  run_train 3 "$rdzv_id" "$exp_dir" "${args[@]}"
 fi
 
 # --------------------------------------------------------------------------------------------------
@@ -253,13 +274,7 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   $resume && lm_args+=(--resume)
   # shellcheck disable=SC2206
   lm_args+=($lm_opts)
-  if [ "$num_gpus" -ge 1 ]; then
-    export CUDA_VISIBLE_DEVICES=$gpus
-    torchrun --nnodes="$num_nodes" --nproc_per_node="$num_gpus" --rdzv_backend="$rdzv_backend" \
-      --rdzv_endpoint="$master_addr:$master_port" --rdzv_id="${rdzv_id}_lm" -m memsv_cli "${lm_args[@]}" --device cuda
-  else
-    memsv "${lm_args[@]}"
-  fi
+  run_train 8 "${rdzv_id}_lm" "$lm_exp_dir" "${lm_args[@]}"
   for x in $eval_set $train_set; do
     spk_mean=()
     [ "$x" = "$train_set" ] && spk_mean=(--spk-mean)

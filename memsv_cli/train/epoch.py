@@ -1,0 +1,201 @@
+"""One epoch of training: micro-batches from the loader, the step, the statistics every rank agrees on,
+progress and step records, and the moments to save (a due step checkpoint, a stop signal).
+
+Per optimizer step, ranks exchange one small vector (``all_reduce``, after backward and before the
+update, inside :class:`~memsv_cli.train.step.TrainStep`): the loss / accuracy sums, a non-finite flag,
+and two requests, "save now" (rank 0's clock) and "stop" (a signal on any rank). So every rank decides
+the same thing at the same step, and a non-finite loss anywhere stops every rank before it is applied.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from memsv_cli.errors import MemsvError
+from memsv_cli.train import faults
+from memsv_cli.train.distributed import DistInfo, all_reduce_sum
+from memsv_cli.train.log import TrainLog
+from memsv_cli.train.progress import TrainProgress
+from memsv_cli.train.signals import StopRequest
+from memsv_cli.train.state import TrainState
+from memsv_cli.train.step import STAT_COUNT, STAT_NONFINITE, Batch
+
+_SAVE, _STOP = 4, 5  # positions of the two requests after the step statistics
+
+
+class NonFiniteLoss(MemsvError):
+    """The loss became NaN/inf; training stops and the last good checkpoint stays."""
+
+
+@dataclass
+class SaveClock:
+    """When a step checkpoint is due: every ``minutes`` (wall clock) and/or every ``steps`` steps."""
+
+    minutes: float | None
+    steps: int | None
+    last: float = field(default_factory=time.monotonic)
+
+    def due(self, step: int) -> bool:
+        """Whether the step that ends at global step ``step`` (1-based count) should be saved."""
+        if self.steps is not None and step % self.steps == 0:
+            return True
+        return self.minutes is not None and time.monotonic() - self.last >= 60.0 * self.minutes
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+@dataclass
+class EpochRun:
+    """What :func:`run_epoch` needs besides the state; ``save(reason)`` writes a step checkpoint."""
+
+    loader: DataLoader
+    info: DistInfo
+    progress: TrainProgress
+    log: TrainLog
+    stop: StopRequest
+    clock: SaveClock
+    save: Callable[[str], None]
+    log_interval: int
+    precision: str
+
+
+@dataclass
+class EpochResult:
+    """An epoch's metrics (``type: epoch`` record), or where it stopped early."""
+
+    metrics: dict[str, Any] | None
+    stopped: bool = False
+
+
+def grouped(loader: Iterable[Batch], size: int, device: torch.device) -> Iterator[list[Batch]]:
+    """Consecutive groups of ``size`` micro-batches (one optimizer step), moved to ``device``."""
+    group: list[Batch] = []
+    for feats, labels in loader:
+        group.append((feats.to(device, non_blocking=True), labels.to(device, non_blocking=True)))
+        if len(group) == size:
+            yield group
+            group = []
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, kind): CUDA allocator peak since the last reset, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"  # KiB on Linux
+
+
+class _Agreement:
+    """``before_update`` hook: all-reduce the step statistics with the save/stop requests."""
+
+    def __init__(self, state: TrainState, run: EpochRun, lr: float) -> None:
+        self.state, self.run, self.lr = state, run, lr
+        self.reduced = torch.zeros(6, dtype=torch.float64)
+
+    def __call__(self, stats: torch.Tensor) -> None:
+        info, step = self.run.info, self.state.step + 1
+        wants = [float(info.is_main and self.run.clock.due(step)), float(self.run.stop.requested)]
+        vec = torch.cat([stats, torch.tensor(wants, dtype=torch.float64, device=stats.device)])
+        # reduced on the device (nccl needs CUDA tensors); every rank learns of a bad loss anywhere
+        self.reduced = all_reduce_sum(vec, info).cpu()
+        if self.reduced[STAT_NONFINITE] > 0:
+            raise NonFiniteLoss(
+                f"loss became non-finite at epoch {self.state.epoch + 1}, step "
+                f"{self.state.step_in_epoch + 1} (lr {self.lr:.3g}, precision {self.run.precision}); "
+                "stopped before applying it. Lower scheduler.initial_lr, set train.grad_clip or use "
+                "fp32/bf16; the last good checkpoint is kept and --resume continues from it"
+            )
+
+
+def run_epoch(state: TrainState, run: EpochRun) -> EpochResult:
+    """Train from ``state``'s position to the end of its epoch, or until a stop request (then a step
+    checkpoint is written before returning). Metrics are means over all ranks' samples.
+
+    Raises:
+        NonFiniteLoss: on any rank's non-finite loss, on every rank, before the bad update is applied.
+    """
+    info, steps, accum = run.info, state.steps_per_epoch, state.sampler.accum_steps
+    if info.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(info.device)
+    start, seen, lr, margin = time.perf_counter(), 0.0, 0.0, 0.0
+    run.progress.start_epoch(state.epoch + 1, steps, done=state.step_in_epoch)
+    for micro in grouped(run.loader, accum, info.device):
+        lr, margin = state.lr_sched.step(state.step), state.margin_sched.step(state.step)
+        agree = _Agreement(state, run, lr)
+        state.step_fn(micro, before_update=agree)
+        state.step += 1
+        stats = agree.reduced
+        state.epoch_stats += stats[:3].repeat(2)  # epoch totals, then the log window
+        seen += float(stats[STAT_COUNT])
+        rate = seen / max(time.perf_counter() - start, 1e-9)
+        run.progress.update(
+            loss=float(stats[0] / stats[2]),
+            acc=float(stats[1] / stats[2]),
+            lr=lr,
+            margin=margin,
+            samples_per_s=rate,
+        )
+        end_of_epoch = state.step_in_epoch == steps
+        if run.log_interval and (state.step_in_epoch % run.log_interval == 0 or end_of_epoch):
+            _log_window(state, run, lr, margin, rate)
+        stop = bool(stats[_STOP] > 0)
+        if stop or (stats[_SAVE] > 0 and not end_of_epoch):  # the epoch end saves anyway
+            run.save("stop signal" if stop else "periodic")
+        faults.inject(state.step, info.rank)
+        if stop:
+            return EpochResult(None, stopped=True)
+    totals = state.epoch_stats[:3].clone()
+    state.epoch_stats.zero_()
+    return EpochResult(_epoch_metrics(state, totals, time.perf_counter() - start, lr, margin, info))
+
+
+def _log_window(state: TrainState, run: EpochRun, lr: float, margin: float, rate: float) -> None:
+    """A step record of the steps since the last one (the window), to metrics.jsonl and train.log."""
+    window = state.epoch_stats[3:]
+    rec = {
+        "type": "step",
+        "epoch": state.epoch + 1,
+        "step": state.step,
+        "loss": float(window[0] / window[STAT_COUNT]),
+        "acc": float(window[1] / window[STAT_COUNT]),
+        "lr": lr,
+        "margin": margin,
+        "samples_per_s": rate,
+    }
+    run.log.record(rec)
+    run.log.info(
+        f"epoch {rec['epoch']} batch {state.step_in_epoch}/{state.steps_per_epoch} loss {rec['loss']:.4f} "
+        f"acc {100 * rec['acc']:.2f}% lr {lr:.3g} margin {margin:.3f}"
+    )
+    window.zero_()
+
+
+def _epoch_metrics(
+    state: TrainState, totals: torch.Tensor, seconds: float, lr: float, margin: float, info: DistInfo
+) -> dict[str, Any]:
+    mem, mem_kind = peak_memory(info.device)
+    mem_t = torch.tensor([float(mem)], dtype=torch.float64, device=info.device)
+    if info.enabled:
+        dist.all_reduce(mem_t, op=dist.ReduceOp.MAX)
+    state.epoch += 1
+    return {
+        "type": "epoch",
+        "epoch": state.epoch,
+        "step": state.step,
+        "loss": float(totals[0] / totals[STAT_COUNT]),
+        "acc": float(totals[1] / totals[STAT_COUNT]),
+        "lr": lr,
+        "margin": margin,
+        "samples_per_s": float(totals[STAT_COUNT]) / max(seconds, 1e-9),
+        "seconds": seconds,
+        "peak_mem_bytes": int(mem_t.item()),
+        "peak_mem_kind": mem_kind,
+    }
