@@ -16,12 +16,14 @@ from torch import nn
 
 from memsv_cli.errors import MemsvError
 from memsv_cli.optim import OPTIMIZER_NAMES, full_precision_name
+from memsv_cli.train.config import PRECISIONS as TRAIN_PRECISIONS
 from memsv_cli.train.heads import AAMSoftmax
 from memsv_cli.train.step import TrainingNet, TrainStep
 
 OPTIMIZERS = OPTIMIZER_NAMES
-# fp16 needs a GradScaler, which runs only on CUDA; the estimate (meta) and CPU steps run fp32 / bf16
-PRECISIONS = ("fp32", "bf16")
+# The training precisions (one list, train.config), less fp16 for now: its GradScaler runs only on CUDA,
+# and the estimate (meta) and CPU steps run on CPU tensors.
+PRECISIONS = tuple(p for p in TRAIN_PRECISIONS if p != "fp16")
 
 # The recipe's hyper-parameters (PAPER.md); only the presence of momentum / moments matters for memory.
 OPTIMIZER_KWARGS: dict[str, dict[str, object]] = {
