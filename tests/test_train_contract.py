@@ -216,3 +216,23 @@ def test_average_model_reads_memsv_0_1_epoch_checkpoints(data_dir: Path, tmp_pat
     e1, e2 = (torch.load(old / f"epoch_{e}.pt", weights_only=False)["model"] for e in (1, 2))
     key = next(k for k, v in avg.items() if v.is_floating_point())
     np.testing.assert_allclose(avg[key].numpy(), ((e1[key].double() + e2[key].double()) / 2).float().numpy())
+
+
+def test_resume_skips_an_unreadable_newest_checkpoint_with_a_warning(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny(data_dir, "train.epochs=2", "train.save_every_steps=2", "train.num_avg=0")
+    straight = train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "exp", stop_after_epoch=1)
+    newest = tmp_path / "exp/models/checkpoint_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a disk that lied about a completed write
+    done = train(cfg, tmp_path / "exp", resume=True)
+    err = capsys.readouterr().err
+    assert f"memsv train: warning: skipping {newest}: " in err and err.count("\n") == 1
+    log = (tmp_path / "exp/train.log").read_text()
+    assert f"resumed from {tmp_path}/exp/models/checkpoint_00000002.pt" in log and "warning: skipping" in log
+    assert done.step == straight.step == 8
+    a, b = (
+        ckpt.load_checkpoint(p / "models/last.pt")["model"] for p in (tmp_path / "straight", tmp_path / "exp")
+    )
+    assert all(torch.equal(v, b[k]) for k, v in a.items())

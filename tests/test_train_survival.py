@@ -260,3 +260,25 @@ def test_train_os_errors_and_a_held_experiment_give_one_line(work: Path) -> None
     # the holder is gone (SIGKILL): its lock went with it
     done = memsv(train_args("single.yaml", "held", "--set", "train.epochs=1"), work)
     assert done.returncode == 0, done.stderr
+
+
+def test_ctrl_c_at_the_terminal_stops_after_the_step_with_one_line(work: Path) -> None:
+    """A real Ctrl-C: SIGINT to the whole process group, DataLoader worker included."""
+    import re
+
+    from test_cli_errors import interrupt_memsv, start_memsv
+
+    exp = work / "ctrl_c"
+    args = ["train", "--config", work / "single.yaml", "--data", work / "data", "--exp-dir", exp]
+    proc = start_memsv([*args, "--set", "train.epochs=40"])
+    log = exp / "train.log"
+    status, _, err = interrupt_memsv(proc, lambda: log.is_file() and "batch 2/4" in log.read_text())
+    assert status == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memsv train: stopped by SIGINT after step "), err
+    step = int(re.search(r"after step (\d+)", lines[0]).group(1))
+    assert ckpt_step(exp / "models/last.pt") == step and step < 160
+
+
+def ckpt_step(path: Path) -> int:
+    return int(load_checkpoint(path)["step"])

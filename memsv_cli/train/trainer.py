@@ -17,6 +17,7 @@ result equals that of a run never interrupted.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,14 @@ class Trainer:
         self.lock: Any = None
         self.newest: Path | None = None  # newest full checkpoint written or loaded
         self.data: TrainingData | None = None
+        self.warnings: list[str] = []  # said before train.log was open
 
     # -- set-up ----------------------------------------------------------------------------------
+    def _warn(self, message: str) -> None:
+        """One warning line on stderr (rank 0), also kept for train.log once it is open."""
+        print(f"memsv train: warning: {message}", file=sys.stderr)
+        self.warnings.append(message)
+
     def _on_all_ranks(self, error: str | None) -> None:
         """Raise rank 0's error (a decision only rank 0 could make) on every rank."""
         error = broadcast_object(error, self.info)
@@ -185,7 +192,7 @@ class Trainer:
                     "--resume to continue or choose a new --exp-dir"
                 )
             elif found:
-                loaded = ckpt.newest_loadable(self.models_dir, warn=self.log.info)
+                loaded = ckpt.newest_loadable(self.models_dir, warn=self._warn)
                 choice = str(loaded[0]) if loaded else None
         self._on_all_ranks(error)
         choice = broadcast_object(choice, self.info)
@@ -207,7 +214,7 @@ class Trainer:
             )
         if payload is not None and payload.get("speakers") not in (None, data.speakers):
             raise MemsvError(
-                "--resume: the speakers of {data.path} differ from those the checkpoint was trained on"
+                f"--resume: the speakers of {data.path} differ from those the checkpoint was trained on"
             )
         return data
 
@@ -224,6 +231,8 @@ class Trainer:
             check_resume_shape(self.newest, payload, state)
         start_step = int(payload["step"]) if payload is not None else 0
         self.log = TrainLog(self.exp_dir, self.info.is_main, tc.tensorboard, start_step)
+        for message in self.warnings:
+            self.log.info(f"warning: {message}")
         if self.info.is_main:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.s.raw, self.exp_dir / "config.yaml")
@@ -278,7 +287,16 @@ class Trainer:
         self.newest = Path(str(broadcast_object(str(self.newest), self.info)))
 
     def _save_epoch(self, state: TrainState, metrics: dict[str, Any]) -> None:
-        """Epoch end: weights-only ``model_<N>.pt``, a full checkpoint, the epoch's records."""
+        """Epoch end: the epoch's records, weights-only ``model_<N>.pt``, a full checkpoint. Records
+        first: a run killed before the checkpoint resumes from an older one, which drops them again."""
+        if self.info.is_main:
+            self.log.record(metrics)
+            self.log.info(
+                f"epoch {metrics['epoch']}/{self.s.train.epochs} loss {metrics['loss']:.4f} "
+                f"acc {100 * metrics['acc']:.2f}% lr {metrics['lr']:.3g} margin {metrics['margin']:.3f} "
+                f"{metrics['samples_per_s']:.1f} samples/s peak memory "
+                f"{metrics['peak_mem_bytes'] / 2**20:.1f} MiB ({metrics['peak_mem_kind']})"
+            )
         error = None
         if self.info.is_main:
             path = self.models_dir / f"model_{state.epoch}.pt"
@@ -289,14 +307,6 @@ class Trainer:
                 error = str(err)
         self._on_all_ranks(error)
         self.save_full(state, "epoch end")
-        if self.info.is_main:
-            self.log.record(metrics)
-            self.log.info(
-                f"epoch {metrics['epoch']}/{self.s.train.epochs} loss {metrics['loss']:.4f} "
-                f"acc {100 * metrics['acc']:.2f}% lr {metrics['lr']:.3g} margin {metrics['margin']:.3f} "
-                f"{metrics['samples_per_s']:.1f} samples/s peak memory "
-                f"{metrics['peak_mem_bytes'] / 2**20:.1f} MiB ({metrics['peak_mem_kind']})"
-            )
 
     # -- the run -----------------------------------------------------------------------------------
     def run(self, resume: bool, stop_after_epoch: int | None) -> TrainResult:
