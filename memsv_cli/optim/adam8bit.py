@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from memsv_cli.optim.base import DEFAULT_MIN_8BIT_SIZE, Blockwise8bitOptimizer, reject_unsupported
-from memsv_cli.optim.fused import QuantTables, Workspace, adam_chunk
+from memsv_cli.optim.base import DEFAULT_MIN_8BIT_SIZE, Blockwise8bitOptimizer, Chunk, reject_unsupported
+from memsv_cli.optim.fused import adam_chunk
 
 
 class Adam8bit(Blockwise8bitOptimizer):
@@ -105,23 +105,12 @@ class Adam8bit(Blockwise8bitOptimizer):
             "maximize": bool(group["maximize"]),
         }
 
-    def _update_chunk(
-        self,
-        param: torch.Tensor,
-        grad: torch.Tensor,
-        codes: list[torch.Tensor],
-        absmax: list[torch.Tensor],
-        ws: Workspace,
-        tables: list[QuantTables],
-        hp: dict[str, Any],
-        *,
-        block_size: int,
-        step: int,
-    ) -> None:
+    def _update_chunk(self, chunk: Chunk, hp: dict[str, Any]) -> None:
         """One chunk through :func:`fused.adam_chunk` (index 0: ``exp_avg``, 1: ``exp_avg_sq``)."""
+        c = chunk
         adam_chunk(
-            param, grad, codes[0], absmax[0], codes[1], absmax[1], ws, tables[0], tables[1],
-            block_size=block_size, step=step, **hp,
+            c.param, c.grad, c.codes[0], c.absmax[0], c.codes[1], c.absmax[1], c.ws, c.tables[0], c.tables[1],
+            block_size=c.block_size, step=c.step, **hp,
         )  # fmt: skip
 
     def _update_fp32_batch(

@@ -15,6 +15,7 @@ supplies only its hyper-parameters and kernels (see the class docstring).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +33,25 @@ STATE_KEY = "memsv_8bit"
 # docs/design.md "8-bit optimizers").
 DEFAULT_MIN_8BIT_SIZE = 256
 _EIGHT_BIT_KEYS = ("block_size", "min_8bit_size", "optim_bits")
+
+
+@dataclass
+class Chunk:
+    """One run of whole blocks of an 8-bit parameter, what a kernel updates in place.
+
+    param, grad: (n,) views of the parameter (any float dtype) and its gradient; codes: uint8 (n,) and
+    absmax: fp32 (ceil(n / block_size),) per state, in ``STATE_NAMES`` order; ws: the work buffers;
+    tables: the quantiser of each state's map; step: this parameter's step count, 1 on its first step.
+    """
+
+    param: torch.Tensor
+    grad: torch.Tensor
+    codes: list[torch.Tensor]
+    absmax: list[torch.Tensor]
+    ws: Workspace
+    tables: list[QuantTables]
+    block_size: int
+    step: int
 
 
 class UnsupportedOptimizerArgument(MemsvError, ValueError):
@@ -221,19 +241,18 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
         codes = [state[q].view(-1) for q, _ in self._state_keys]
         absmax = [state[a] for _, a in self._state_keys]
         flat_p, flat_g = _flat(p), _flat(p.grad)
-        step = state["step"]
+        whole = Chunk(flat_p, flat_g, codes, absmax, ws, tables, block_size, state["step"])
         if p.numel() <= _chunk_len(block_size):
             # One chunk covers the parameter (the common case): pass the whole tensors. Slicing costs
             # ~2 us per tensor, which a model of many small tensors pays per parameter and step.
-            self._update_chunk(
-                flat_p, flat_g, codes, absmax, ws, tables, hp, block_size=block_size, step=step
-            )
+            self._update_chunk(whole, hp)
         else:
             for s, e, b0, b1 in self.chunks(p.numel(), block_size):
-                self._update_chunk(
+                part = Chunk(
                     flat_p[s:e], flat_g[s:e], [c[s:e] for c in codes], [a[b0:b1] for a in absmax], ws,
-                    tables, hp, block_size=block_size, step=step,
+                    tables, block_size, whole.step,
                 )  # fmt: skip
+                self._update_chunk(part, hp)
         if flat_p.data_ptr() != p.data_ptr():
             p.copy_(flat_p.view_as(p))
 
@@ -242,25 +261,8 @@ class Blockwise8bitOptimizer(torch.optim.Optimizer):
         """The group's hyper-parameters as Python floats/bools, keyed as the subclass's kernels want."""
         raise NotImplementedError
 
-    def _update_chunk(
-        self,
-        param: torch.Tensor,
-        grad: torch.Tensor,
-        codes: list[torch.Tensor],
-        absmax: list[torch.Tensor],
-        ws: Workspace,
-        tables: list[QuantTables],
-        hp: dict[str, Any],
-        *,
-        block_size: int,
-        step: int,
-    ) -> None:
-        """Update one chunk of an 8-bit parameter in place and re-quantise its states.
-
-        param, grad: (n,) views of the parameter (any float dtype) and its gradient; codes: uint8 (n,)
-        and absmax: fp32 (ceil(n / block_size),) per state, in ``STATE_NAMES`` order, updated in place;
-        tables: the quantiser of each state's map; step: this parameter's step count, 1 on its first step.
-        """
+    def _update_chunk(self, chunk: Chunk, hp: dict[str, Any]) -> None:
+        """Update one :class:`Chunk` of an 8-bit parameter in place and re-quantise its states."""
         raise NotImplementedError
 
     def _update_fp32_batch(

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from memsv_cli.optim.base import DEFAULT_MIN_8BIT_SIZE, Blockwise8bitOptimizer, reject_unsupported
-from memsv_cli.optim.fused import QuantTables, Workspace, sgd_chunk
+from memsv_cli.optim.base import DEFAULT_MIN_8BIT_SIZE, Blockwise8bitOptimizer, Chunk, reject_unsupported
+from memsv_cli.optim.fused import sgd_chunk
 
 
 class SGD8bit(Blockwise8bitOptimizer):
@@ -87,23 +87,12 @@ class SGD8bit(Blockwise8bitOptimizer):
             "maximize": bool(group["maximize"]),
         }
 
-    def _update_chunk(
-        self,
-        param: torch.Tensor,
-        grad: torch.Tensor,
-        codes: list[torch.Tensor],
-        absmax: list[torch.Tensor],
-        ws: Workspace,
-        tables: list[QuantTables],
-        hp: dict[str, Any],
-        *,
-        block_size: int,
-        step: int,
-    ) -> None:
+    def _update_chunk(self, chunk: Chunk, hp: dict[str, Any]) -> None:
         """One chunk through :func:`fused.sgd_chunk` (codes/absmax/tables: the momentum buffer's)."""
+        c = chunk
         sgd_chunk(
-            param, grad, codes[0], absmax[0], ws, tables[0], block_size=block_size, first_step=step == 1,
-            **hp,
+            c.param, c.grad, c.codes[0], c.absmax[0], c.ws, c.tables[0], block_size=c.block_size,
+            first_step=c.step == 1, **hp,
         )  # fmt: skip
 
     def _update_fp32_batch(
