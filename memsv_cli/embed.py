@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from memsv_cli.atomic import atomic_path
+from memsv_cli.console import console as make_console
 from memsv_cli.data.ark import ArkReader
 from memsv_cli.data.dataset import read_feats_scp
 from memsv_cli.data.kaldi_dir import c_sorted, read_utt2num_frames, read_utt2spk
@@ -263,7 +264,6 @@ def extract_embeddings(
         pin_memory=torch_device.type == "cuda",
     )
 
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -272,7 +272,7 @@ def extract_embeddings(
         MofNCompleteColumn(),
         TextColumn("utts"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         disable=not progress,
     ) as bar:
         task = bar.add_task("embed", total=len(arks))

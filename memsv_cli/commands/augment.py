@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from memsv_cli.console import console as make_console
 from memsv_cli.data.augment import (
     AUG_TYPES,
     DEFAULT_BABBLE_SPEAKERS,
@@ -81,7 +81,7 @@ def augment_data(
         sample_rate=sample_rate,
     )
     total = len(select_utts(load_data_dir(src).wav_scp, num_utts, seed))
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with Progress(
         TextColumn(f"augment-data {aug_type}"),
         BarColumn(),
@@ -116,7 +116,7 @@ def speed_perturb(
         raise MemsvError(f"--nj must be >= 1, got {nj}")
     parsed = parse_factors(factors)
     count = speed_perturb_data_dir(src, out, parsed, backend=backend, nj=nj, sample_rate=sample_rate)
-    Console(stderr=True).print(f"speed-perturb: wrote {count} utterances ({factors}) to {out}")
+    make_console(stderr=True).print(f"speed-perturb: wrote {count} utterances ({factors}) to {out}")
 
 
 def make_aug_sources(
@@ -128,7 +128,7 @@ def make_aug_sources(
     if num < 1:
         raise MemsvError(f"--num must be >= 1, got {num}")
     dirs = make_synthetic_sources(out, num_noises=num, num_rirs=num, seed=seed)
-    Console(stderr=True).print(f"make-aug-sources: wrote {', '.join(str(p) for p in dirs.values())}")
+    make_console(stderr=True).print(f"make-aug-sources: wrote {', '.join(str(p) for p in dirs.values())}")
 
 
 def register(app: typer.Typer) -> None:

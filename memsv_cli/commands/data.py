@@ -10,14 +10,14 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from memsv_cli.console import console as make_console
 from memsv_cli.errors import MemsvError
 from memsv_cli.lock import hold_directory
 
-_console = Console(stderr=True)
+_console = make_console(stderr=True)
 
 
 class Corpus(str, Enum):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from memsv_cli.console import console as make_console
 
 
 def extract_embeddings_command(
@@ -63,7 +64,7 @@ def extract_embeddings_command(
     table.caption = (
         f"{s.num_batches} batches, {s.seconds:.1f} s, {s.num_utts / max(s.seconds, 1e-9):.1f} utts/s"
     )
-    Console().print(table)
+    make_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,9 +6,9 @@ import json
 
 import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from memsv_cli.console import console as make_console
 from memsv_cli.models import list_models, model_summary
 
 _TYPES = {
@@ -37,7 +37,7 @@ def list_models_command(
         table.add_column(column, justify="right" if column.startswith("params") else "left")
     for row in rows:
         table.add_row(row["name"], _TYPES[row["variant"]], f"{row['params'] / 1e6:.2f}")
-    Console().print(table)
+    make_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

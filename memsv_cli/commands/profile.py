@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 
+from memsv_cli.console import console as make_console
 from memsv_cli.profile.fit import parse_size
 from memsv_cli.profile.report import profile_memory, render
 from memsv_cli.profile.step import StepSetup
@@ -53,7 +53,7 @@ def profile_memory_command(
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:
-        render(report, Console())
+        render(report, make_console())
 
 
 def register(app: typer.Typer) -> None:

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from memsv_cli.console import console as make_console
 from memsv_cli.errors import MemsvError
 from memsv_cli.scoring.score import TrialListResult, evaluate_score_file, score_trial_lists
 
@@ -28,7 +28,7 @@ def _print_table(results: list[TrialListResult]) -> None:
             "-" if m is None else f"{m.min_dcf_01:.4f}",
             "-" if m is None else f"{m.min_dcf_05:.4f}",
         )
-    Console().print(table)
+    make_console().print(table)
 
 
 def score(

@@ -194,7 +194,9 @@ def render(report: ProfileReport, console: Console) -> None:
     )
     if report.recompute_chunks != 1:
         title += f"; recompute chunks: {report.recompute_chunks}"
-    table = Table(title=title, title_justify="left")
+    # the title is a line of its own: a table title is folded to the table's width
+    console.print(title, soft_wrap=True, highlight=False)
+    table = Table()
     table.add_column("component")
     if report.baseline is not None:
         table.add_column(f"{report.baseline_model} + {report.baseline_optimizer}", justify="right")

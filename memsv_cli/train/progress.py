@@ -14,6 +14,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from memsv_cli.console import console as make_console
+
 
 class TrainProgress:
     """Context manager; a no-op when ``enabled`` is False (ranks > 0, ``train.progress: false``).
@@ -24,7 +26,7 @@ class TrainProgress:
 
     def __init__(self, enabled: bool, total_epochs: int, console: Console | None = None) -> None:
         self.enabled, self.total_epochs = enabled, total_epochs
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self._progress: Progress | None = None
         self._task: Any = None
         if enabled and self.console.is_terminal:
