@@ -179,7 +179,9 @@ def test_failed_parallel_run_names_the_utterance_and_cleans_up(tmp_path):
         MemsvError, match=r"utterance 'spk1/vid/99999': pipe command failed with exit status 1"
     ):
         extract_fbank(data, out, nj=2)
-    assert not (out / "feats.scp").exists() and not list(out.glob("*.ark"))
+    # Issue 13: the complete job 1 is kept for a rerun; the failed job 2 leaves no ark.
+    assert not (out / "feats.scp").exists() and sorted(p.name for p in out.glob("*.ark")) == ["feats.1.ark"]
+    assert (out / "feats.1.scp").exists() and not (out / "feats.2.scp").exists()
 
 
 def test_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
@@ -188,7 +190,8 @@ def test_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
     out = tmp_path / "fbank"
     with pytest.raises(MemsvError, match=r"extract-fbank job 2 died \(exit code -9"):
         extract_fbank(data, out, nj=2)
-    assert not (out / "feats.scp").exists() and not list(out.glob("*.ark"))
+    # Issue 13: job 1 may have completed (and is then kept); the killed job 2 leaves no ark.
+    assert not (out / "feats.scp").exists() and not (out / "feats.2.ark").exists()
 
 
 def test_bad_options_are_rejected_before_any_work(tmp_path):

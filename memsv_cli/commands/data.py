@@ -1,11 +1,16 @@
-"""``memsv prepare-data`` and ``memsv extract-fbank``: thin adapters over the data-stage library.
+"""``memsv prepare-data``, ``memsv extract-fbank`` and ``memsv make-shards``: thin adapters over the
+data-stage library.
 
 Each holds its output directory (:mod:`memsv_cli.lock`) so that a second run into it stops with one line
-naming the first; ``extract-fbank`` takes the lock inside the library function itself.
+naming the first; ``extract-fbank`` and ``make-shards`` take the lock inside the library function itself.
+Notices (resuming an unfinished run, utterances skipped with ``--skip-bad``) are single lines on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 
@@ -28,6 +33,44 @@ class Corpus(str, Enum):
 class Backend(str, Enum):
     kaldi_native = "kaldi-native"
     torchaudio = "torchaudio"
+
+
+def _notifier(command: str) -> Callable[[str], None]:
+    """One-line notices of a stage (resuming, skipped utterances) on stderr, as ``memsv <command>: ...``."""
+
+    def notify(message: str) -> None:
+        print(f"memsv {command}: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+    return notify
+
+
+@contextlib.contextmanager
+def _progress_bar(command: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` (utterances) that drives a rich bar, shown on a terminal only: in logs
+    (recipes redirect stderr) a bar is noise and the summary table remains."""
+    columns = (TextColumn(command), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_console, transient=True, disable=not _console.is_terminal) as bar:
+        task = bar.add_task("utterances", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress
+
+
+def _with_resumed(count: int, resumed: int) -> str:
+    """``12`` or ``12 (5 resumed)``: units done now and units kept from an unfinished earlier run."""
+    return f"{count} ({resumed} resumed)" if resumed else f"{count}"
+
+
+def _print_summary(
+    command: str, rows: list[tuple[str, str]], num_bad: int, out_dir: Path, notify: Callable[[str], None]
+) -> None:
+    """The one-line skipped-utterances notice (``--skip-bad``), then the summary table."""
+    if num_bad:
+        notify(f"skipped {num_bad} unreadable utterance(s), listed in {out_dir / 'bad_utts'}")
+        rows = [*rows, ("skipped (bad_utts)", f"{num_bad}")]
+    _console.print(_summary_table(command, rows))
 
 
 def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -111,10 +154,18 @@ def extract_fbank(
     frame_shift: float = typer.Option(10.0, "--frame-shift", help="Frame shift (ms)."),
     dither: float = typer.Option(0.0, "--dither", help="Dither (int16 units); 0 is deterministic."),
     sample_rate: int = typer.Option(16000, "--sample-rate", help="Required input sample rate (Hz)."),
-    nj: int = typer.Option(1, "--nj", help="Worker processes (one feats.JOB.ark each)."),
+    nj: int = typer.Option(
+        1, "--nj", help="Worker processes (one feats.JOB.ark each); a rerun with the same --nj resumes."
+    ),
     backend: Backend = typer.Option(Backend.kaldi_native, "--backend", help="Fbank implementation."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Leave out unreadable utterances, listed in OUT_DIR/bad_utts."
+    ),
 ) -> None:
-    """Kaldi-compatible log-Mel fbank for every utterance of a data dir."""
+    """Kaldi-compatible log-Mel fbank for every utterance of a data dir.
+
+    A failed or interrupted run keeps its complete jobs: rerun the same command to finish the others.
+    """
     from memsv_cli.data.fbank import FbankConfig
     from memsv_cli.data.fbank import extract_fbank as run
 
@@ -125,30 +176,72 @@ def extract_fbank(
         dither=dither,
         sample_rate=sample_rate,
     )
-    columns = (TextColumn("extract-fbank"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    # Only on a terminal: in logs (recipes redirect stderr) a bar is noise; the summary table remains.
-    with Progress(*columns, console=_console, transient=True, disable=not _console.is_terminal) as bar:
-        task = bar.add_task("utterances", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        summary = run(data_dir, out_dir, cfg, nj=nj, backend=backend.value, progress=progress)
-    _console.print(
-        _summary_table(
-            "extract-fbank",
-            [
-                ("feats.scp", str(summary.out_dir / "feats.scp")),
-                ("utterances", f"{summary.num_utts}"),
-                ("frames", f"{summary.num_frames}"),
-                ("audio", f"{summary.audio_seconds / 3600:.2f} h"),
-                ("jobs", f"{summary.num_jobs}"),
-            ],
+    notify = _notifier("extract-fbank")
+    with _progress_bar("extract-fbank") as progress:
+        summary = run(
+            data_dir,
+            out_dir,
+            cfg,
+            nj=nj,
+            backend=backend.value,
+            skip_bad=skip_bad,
+            progress=progress,
+            notify=notify,
         )
-    )
+    rows = [
+        ("feats.scp", str(summary.out_dir / "feats.scp")),
+        ("utterances", f"{summary.num_utts}"),
+        ("frames", f"{summary.num_frames}"),
+        ("audio", f"{summary.audio_seconds / 3600:.2f} h"),
+        ("jobs", _with_resumed(summary.num_jobs, summary.num_reused_jobs)),
+    ]
+    _print_summary("extract-fbank", rows, summary.num_bad, summary.out_dir, notify)
+
+
+def make_shards(
+    data_dir: Path = typer.Argument(..., help="Kaldi data dir with wav.scp (paths or pipes) and utt2spk."),
+    out_dir: Path = typer.Argument(
+        ..., help="Output dir: shards/*.tar, shard.list, utt2spk, utt2num_samples."
+    ),
+    utts_per_shard: int = typer.Option(1000, "--utts-per-shard", help="Utterances per tar shard."),
+    nj: int = typer.Option(1, "--nj", help="Worker processes (any value gives the same shards)."),
+    seed: int = typer.Option(777, "--seed", help="Seed of the global shuffle before the cut into shards."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Leave out unreadable utterances, listed in OUT_DIR/bad_utts."
+    ),
+    sample_rate: int = typer.Option(16000, "--sample-rate", help="Required input sample rate (Hz)."),
+) -> None:
+    """Raw audio into WeSpeaker-style tar shards (<key>.wav + <key>.spk) for data.type shard.
+
+    A failed or interrupted run keeps its complete shards: rerun the same command to write the others.
+    """
+    from memsv_cli.data.shards import make_shards as run
+
+    notify = _notifier("make-shards")
+    with _progress_bar("make-shards") as progress:
+        summary = run(
+            data_dir,
+            out_dir,
+            utts_per_shard=utts_per_shard,
+            nj=nj,
+            seed=seed,
+            skip_bad=skip_bad,
+            sample_rate=sample_rate,
+            progress=progress,
+            notify=notify,
+        )
+    rows = [
+        ("shard.list", str(summary.shard_list)),
+        ("shards", _with_resumed(summary.num_shards, summary.num_reused_shards)),
+        ("utterances", f"{summary.num_utts}"),
+        ("audio", f"{summary.audio_seconds / 3600:.2f} h"),
+        ("jobs", f"{summary.num_jobs}"),
+    ]
+    _print_summary("make-shards", rows, summary.num_bad, summary.out_dir, notify)
 
 
 def register(app: typer.Typer) -> None:
     """Add the data-stage commands to the ``memsv`` app."""
     app.command(name="prepare-data")(prepare_data)
     app.command(name="extract-fbank")(extract_fbank)
+    app.command(name="make-shards")(make_shards)

@@ -8,22 +8,35 @@ Kaldi's own defaults, as in WeSpeaker. No mean normalisation here: training and 
 
 Outputs of :func:`extract_fbank` (``OUT_DIR``):
     feats.ark (or feats.JOB.ark with nj > 1), feats.scp, utt2num_frames, fbank.conf,
-    and copies of utt2spk, spk2utt, trials/ so that OUT_DIR serves as a data directory by itself.
+    and copies of utt2spk, spk2utt, trials/ so that OUT_DIR serves as a data directory by itself;
+    with ``skip_bad``, bad_utts (``<utt> <reason>``) and utt2spk/spk2utt without those utterances.
 ``feats.scp`` is the completion marker: it is removed first and written (atomically) last.
+
+Resuming: job JOB writes ``feats.JOB.ark``, then ``feats.JOB.json`` (its frame counts, skipped
+utterances and a fingerprint of its options and entries), then renames ``feats.JOB.scp`` into place: that
+marks the job complete. A failed or interrupted run keeps its complete jobs (and removes the arks of the
+others); a rerun with the same ``nj`` and input reuses them and runs only the rest. ``feats.scp`` is
+assembled from the job parts, which are then removed (a rerun after success starts afresh).
 ``OUT_DIR/.memsv.lock`` (:mod:`memsv_cli.lock`) keeps a second run out while one is writing.
+
+:func:`run_jobs` (one worker process per job) also runs ``make-shards`` (:mod:`memsv_cli.data.shards`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import multiprocessing as mp
+import os
 import queue as queue_module
 import re
 import shutil
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import kaldi_native_fbank as knf
 import kaldiio
@@ -31,7 +44,14 @@ import numpy as np
 
 from memsv_cli.atomic import atomic_path, write_lines_atomic, write_text_atomic
 from memsv_cli.data.audio import AudioError, read_audio
-from memsv_cli.data.kaldi_dir import c_sorted, load_data_dir
+from memsv_cli.data.kaldi_dir import (
+    DataDir,
+    c_sorted,
+    load_data_dir,
+    utt2spk_to_spk2utt,
+    write_spk2utt,
+    write_table,
+)
 from memsv_cli.errors import InputError, MemsvError
 from memsv_cli.lock import hold_directory
 
@@ -177,12 +197,27 @@ def compute_fbank(
 @dataclass(frozen=True)
 class _Job:
     index: int  # 1-based, as Kaldi's JOB
+    nj: int  # the --nj the run was split for (a job of another split is never reused)
     ark: str
-    scp: str
+    scp: str  # feats.JOB.scp: renamed into place when the job is complete (the job's completion marker)
+    record: str  # feats.JOB.json: what the job produced, and the fingerprint of what it was asked
     wav_scp_path: str
     entries: tuple[tuple[int, str, str], ...]  # (wav.scp line, utterance, spec)
     cfg: FbankConfig
     backend: str
+    skip_bad: bool
+
+    def fingerprint(self) -> str:
+        """Hash of everything the job's ark is a function of, except the audio bytes themselves."""
+        what = [_RECORD_FORMAT, asdict(self.cfg), self.backend, self.nj, self.index, self.ark, self.entries]
+        return hashlib.sha256(json.dumps(what).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class _JobResult:
+    frames: dict[str, int]  # utterance -> frames written
+    samples: int  # audio samples read (for the summary's duration)
+    bad: tuple[tuple[str, str], ...]  # (utterance, reason) left out with skip_bad
 
 
 @dataclass(frozen=True)
@@ -194,37 +229,370 @@ class FbankSummary:
     num_frames: int
     audio_seconds: float
     num_jobs: int
+    num_bad: int = 0  # utterances left out with skip_bad (listed in OUT_DIR/bad_utts)
+    num_reused_jobs: int = 0  # jobs complete from an earlier, unfinished run
 
 
-_progress_queue = None  # set in worker processes only (by _worker_main)
+_RECORD_FORMAT = 1  # bump when what a job writes changes: records of another format are not reused
+_JOB_ARK = re.compile(r"^feats(\.\d+)?\.ark$")
 
 
-def _run_job(job: _Job, report: Callable[[int], None] | None = None) -> tuple[dict[str, int], int]:
-    """Compute and write one job's ark/scp. Returns (utt -> frames, total samples)."""
+def _utterance_features(job: _Job, spec: str) -> tuple[int, np.ndarray]:
+    """(samples read, features) of one wav.scp entry; AudioError for audio that cannot be used."""
+    samples = read_audio(spec, sample_rate=job.cfg.sample_rate)
+    feats = compute_fbank(samples, job.cfg, job.backend)
+    if feats.shape[0] == 0:
+        raise AudioError(f"{len(samples)} samples is shorter than one {job.cfg.frame_length_ms:g} ms frame")
+    return len(samples), feats
+
+
+def _run_job(job: _Job, report: Report) -> _JobResult:
+    """Compute one job's features into its ark, then its record, then rename its scp into place.
+
+    ``report(1)`` is called per utterance. A bad utterance raises :class:`InputError` (file, line,
+    utterance), or with ``job.skip_bad`` is left out and listed in the result.
+    """
     frames: dict[str, int] = {}
-    total_samples = 0
-    with kaldiio.WriteHelper(f"ark,scp:{job.ark},{job.scp}") as writer:
-        for line, utt, spec in job.entries:
-            try:
-                samples = read_audio(spec, sample_rate=job.cfg.sample_rate)
-            except AudioError as err:
-                raise InputError(job.wav_scp_path, f"utterance {utt!r}: {err}", line) from None
-            feats = compute_fbank(samples, job.cfg, job.backend)
-            if feats.shape[0] == 0:
-                raise InputError(
-                    job.wav_scp_path,
-                    f"utterance {utt!r}: {len(samples)} samples is shorter than one "
-                    f"{job.cfg.frame_length_ms:g} ms frame",
-                    line,
-                )
-            writer(utt, feats)
-            frames[utt] = int(feats.shape[0])
-            total_samples += len(samples)
-            if report is not None:
+    bad: list[tuple[str, str]] = []
+    total = 0
+    with atomic_path(job.scp) as tmp_scp:  # the scp appears only once the ark and the record are complete
+        with kaldiio.WriteHelper(f"ark,scp:{job.ark},{tmp_scp}") as writer:
+            for line, utt, spec in job.entries:
+                try:
+                    n_samples, feats = _utterance_features(job, spec)
+                except AudioError as err:
+                    if not job.skip_bad:
+                        raise InputError(job.wav_scp_path, f"utterance {utt!r}: {err}", line) from None
+                    bad.append((utt, str(err)))
+                else:
+                    writer(utt, feats)
+                    frames[utt] = int(feats.shape[0])
+                    total += n_samples
                 report(1)
-            elif _progress_queue is not None:
-                _progress_queue.put(1)
-    return frames, total_samples
+        result = _JobResult(frames, total, tuple(bad))
+        record = {"fingerprint": job.fingerprint(), "nj": job.nj, "ark_bytes": os.path.getsize(job.ark)}
+        record |= {"samples": total, "frames": list(frames.items()), "bad": bad}
+        write_text_atomic(job.record, json.dumps(record))
+    return result
+
+
+def _load_record(job: _Job) -> _JobResult | None:
+    """The result of ``job`` from an earlier run, or None when it must be (re)done.
+
+    A job is reused when its scp exists (it completed), its record's fingerprint matches (same options,
+    same entries, same ark path), its ark still has the size it was written with, and it skipped nothing
+    unless this run skips bad utterances too.
+    """
+    try:
+        if not Path(job.scp).is_file():
+            return None
+        record = json.loads(Path(job.record).read_text(encoding="utf-8"))
+        if record["fingerprint"] != job.fingerprint() or (record["bad"] and not job.skip_bad):
+            return None
+        if os.path.getsize(job.ark) != record["ark_bytes"]:  # a lost or cut ark (FileNotFoundError: redo)
+            return None
+        frames = {str(utt): int(n) for utt, n in record["frames"]}
+        bad = tuple((str(utt), str(reason)) for utt, reason in record["bad"])
+        return _JobResult(frames, int(record["samples"]), bad)
+    except (OSError, ValueError, KeyError, TypeError):  # missing, partial or foreign record: redo
+        return None
+
+
+def _reusable_jobs(jobs: list[_Job], out_dir: Path, notify: Callable[[str], None]) -> dict[int, _JobResult]:
+    """Results of the jobs an earlier unfinished run completed; files of every other job are removed.
+
+    A different ``--nj`` splits the utterances differently, so nothing is reused (and ``notify`` says so).
+    """
+    nj = jobs[0].nj
+    wanted = {job.record for job in jobs}
+    old_nj: set[int] = set()
+    for path in list(out_dir.glob("feats.*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+            old_nj.add(int(json.loads(path.read_text(encoding="utf-8"))["nj"]))
+        if str(path) not in wanted:
+            _remove_job_files(path)
+    if old_nj - {nj}:
+        notify(
+            f"{out_dir} holds an unfinished run with --nj {max(old_nj - {nj})}: starting over with --nj {nj}"
+        )
+    done: dict[int, _JobResult] = {}
+    for job in jobs:
+        result = _load_record(job) if not old_nj - {nj} else None
+        if result is None:
+            _remove_job_files(Path(job.record))
+        else:
+            done[job.index] = result
+    if done:
+        notify(f"resuming the unfinished run in {out_dir}: {len(done)} of {len(jobs)} jobs already complete")
+    return done
+
+
+def _remove_job_files(record: Path) -> None:
+    """Remove a job's record and its scp (``feats.JOB.json`` -> ``feats.JOB.scp``); the ark is rewritten."""
+    _remove_quietly(record.with_suffix(".scp"))
+    _remove_quietly(record)
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _remove_temporaries(directory: Path, pattern: str) -> None:
+    """Remove temporary files (``atomic_path`` names) a killed worker could not clean up.
+
+    Only called while the directory's lock is held, so no other run is writing them.
+    """
+    for path in directory.glob(pattern):
+        _remove_quietly(path)
+
+
+def split_jobs(n_items: int, nj: int) -> list[range]:
+    """Contiguous, near-equal index ranges (Kaldi ``split_scp.pl`` style); empty ranges dropped."""
+    nj = max(1, min(nj, n_items))
+    bounds = [round(i * n_items / nj) for i in range(nj + 1)]
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _copy_data_files(data_dir: Path, out_dir: Path, keep: Mapping[str, str] | None = None) -> None:
+    """Copy utt2spk, spk2utt and trials/; with ``keep`` (utt2spk of the utterances written), utt2spk and
+    spk2utt are written for those utterances only (Kaldi ``fix_data_dir.sh`` after skipped ones)."""
+    if keep is not None:
+        write_table(out_dir / "utt2spk", keep)
+        write_spk2utt(out_dir / "spk2utt", utt2spk_to_spk2utt(keep))
+    else:
+        for name in ("utt2spk", "spk2utt"):
+            if (data_dir / name).is_file():
+                with atomic_path(out_dir / name) as tmp:
+                    shutil.copyfile(data_dir / name, tmp)
+    trials = data_dir / "trials"
+    if trials.is_dir():
+        (out_dir / "trials").mkdir(exist_ok=True)
+        for f in sorted(trials.iterdir()):
+            if f.is_file():
+                with atomic_path(out_dir / "trials" / f.name) as tmp:
+                    shutil.copyfile(f, tmp)
+
+
+def write_bad_utts(path: Path, bad: Sequence[tuple[str, str]]) -> None:
+    """``bad_utts``: one ``<utterance> <reason>`` line per left-out utterance, C-sorted, atomically."""
+    reasons = dict(bad)
+    write_lines_atomic(path, [f"{utt} {' '.join(reasons[utt].split())}" for utt in c_sorted(reasons)])
+
+
+def extract_fbank(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: FbankConfig | None = None,
+    *,
+    nj: int = 1,
+    backend: str = "kaldi-native",
+    skip_bad: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> FbankSummary:
+    """Compute fbank features for every utterance of a data directory (the ``extract-fbank`` stage).
+
+    Args:
+        data_dir: Kaldi data directory (``wav.scp``, ``utt2spk``; validated first).
+        out_dir: output directory (created); see the module docstring for its files. Held with
+            :func:`memsv_cli.lock.hold_directory` while the stage runs: one run per output directory.
+        cfg: fbank options.
+        nj: number of jobs, each in its own worker process, each writing its own ``feats.JOB.ark``.
+        backend: ``kaldi-native`` or ``torchaudio``.
+        skip_bad: leave out utterances whose audio cannot be used and list them in ``OUT_DIR/bad_utts``
+            (without it the first one is an error).
+        progress: called as ``progress(done, total)`` in utterances while the work runs.
+        notify: called with a one-line notice when an unfinished earlier run is resumed or discarded.
+
+    Raises:
+        MemsvError / InputError: bad options or input (naming file, line and utterance); the jobs that
+            completed are kept, so that a rerun with the same ``nj`` redoes only the others.
+            :class:`~memsv_cli.lock.DirectoryInUseError` when another run holds ``out_dir``.
+        OSError: writing failed (disk full, permissions), also inside a worker.
+        On any error or KeyboardInterrupt no ``feats.scp`` exists and no unfinished job leaves its ark.
+    """
+    cfg = cfg or FbankConfig()
+    _check_options(cfg, nj, backend)
+    data_dir = Path(data_dir)
+    data = load_data_dir(data_dir)
+    if data_dir.resolve() == Path(out_dir).resolve():
+        raise MemsvError(f"{Path(out_dir).resolve()}: output directory must differ from the data directory")
+    with hold_directory(out_dir, "output directory"):  # creates it
+        out_dir = Path(out_dir).resolve()
+        # The scp marks completion: drop the old one before touching any ark it may point to.
+        for name in ("feats.scp", "utt2num_frames", "bad_utts"):
+            _remove_quietly(out_dir / name)
+        _remove_temporaries(out_dir, ".feats.*.tmp")
+        entries = [(line, utt, spec) for line, (utt, spec) in enumerate(data.wav_scp.items(), start=1)]
+        jobs = _make_jobs(entries, nj, out_dir, str(data_dir / "wav.scp"), cfg, backend, skip_bad)
+        done = _reusable_jobs(jobs, out_dir, notify or (lambda message: None))
+        results = _run_pending(jobs, done, progress)
+        summary = _write_outputs(jobs, results, data, out_dir)
+        # The run is complete: job parts go (a later run starts afresh), as do arks of another --nj.
+        for job in jobs:
+            _remove_job_files(Path(job.record))
+        used = {Path(job.ark).name for job in jobs}
+        for f in out_dir.iterdir():
+            if _JOB_ARK.match(f.name) and f.name not in used:
+                _remove_quietly(f)
+    return replace(summary, num_reused_jobs=len(done))
+
+
+def _check_options(cfg: FbankConfig, nj: int, backend: str) -> None:
+    cfg.validate()
+    if backend not in BACKENDS:
+        raise MemsvError(f"unknown fbank backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torchaudio" and not torchaudio_available():
+        raise MemsvError("--backend torchaudio: torchaudio does not import here (use kaldi-native)")
+    if nj < 1:
+        raise MemsvError(f"--nj must be at least 1, got {nj}")
+
+
+def _make_jobs(
+    entries: list[tuple[int, str, str]],
+    nj: int,
+    out_dir: Path,
+    wav_scp_path: str,
+    cfg: FbankConfig,
+    backend: str,
+    skip_bad: bool,
+) -> list[_Job]:
+    """Split the ``(line, utterance, spec)`` entries into contiguous jobs writing under ``out_dir``."""
+    ranges = split_jobs(len(entries), nj)
+    single = len(ranges) == 1
+    return [
+        _Job(
+            index=j,
+            nj=nj,
+            ark=str(out_dir / ("feats.ark" if single else f"feats.{j}.ark")),
+            scp=str(out_dir / f"feats.{j}.scp"),
+            record=str(out_dir / f"feats.{j}.json"),
+            wav_scp_path=wav_scp_path,
+            entries=tuple(entries[i] for i in r),
+            cfg=cfg,
+            backend=backend,
+            skip_bad=skip_bad,
+        )
+        for j, r in enumerate(ranges, start=1)
+    ]
+
+
+def _run_pending(
+    jobs: list[_Job], done: dict[int, _JobResult], progress: Callable[[int, int], None] | None
+) -> dict[int, _JobResult]:
+    """Run the jobs not in ``done``; returns every job's result.
+
+    A job that did not complete (error, Ctrl-C, killed worker) leaves no ark; complete ones stay. Input
+    errors are raised after the other jobs ran to their end, as the first failed job's one line.
+    """
+    pending = [job for job in jobs if job.index not in done]
+    report = progress_counter(
+        sum(len(job.entries) for job in jobs),
+        sum(len(job.entries) for job in jobs if job.index in done),
+        progress,
+    )
+    try:
+        results, errors = run_jobs(pending, _run_job, report, stage="extract-fbank")
+    finally:
+        for job in pending:
+            if not Path(job.scp).exists():
+                _remove_quietly(Path(job.ark))
+        if jobs:
+            _remove_temporaries(Path(jobs[0].scp).parent, ".feats.*.tmp")
+    if errors:
+        raise MemsvError(failure_line(errors, len(jobs) - len(errors), len(jobs), "jobs"))
+    return {**done, **results}
+
+
+def _write_outputs(
+    jobs: list[_Job], results: dict[int, _JobResult], data: DataDir, out_dir: Path
+) -> FbankSummary:
+    """Assemble the outputs from the job parts, ``feats.scp`` last (the completion marker)."""
+    utt2frames: dict[str, int] = {}
+    bad: list[tuple[str, str]] = []
+    scp_lines: list[str] = []
+    for job in jobs:
+        utt2frames.update(results[job.index].frames)
+        bad += results[job.index].bad
+        scp_lines += Path(job.scp).read_text(encoding="utf-8").splitlines()
+    order = {utt: i for i, utt in enumerate(c_sorted(utt2frames))}
+    scp_lines.sort(key=lambda ln: order[ln.split(maxsplit=1)[0]])
+    if bad:
+        write_bad_utts(out_dir / "bad_utts", bad)
+        if not utt2frames:
+            raise MemsvError(
+                f"{data.path / 'wav.scp'}: none of its {len(bad)} utterances could be read "
+                f"(reasons in {out_dir / 'bad_utts'})"
+            )
+    keep = {utt: data.utt2spk[utt] for utt in utt2frames} if bad else None
+    _copy_data_files(data.path, out_dir, keep)
+    cfg = jobs[0].cfg
+    write_text_atomic(out_dir / "fbank.conf", cfg.kaldi_conf())
+    write_lines_atomic(out_dir / "utt2num_frames", [f"{u} {utt2frames[u]}" for u in c_sorted(utt2frames)])
+    write_lines_atomic(out_dir / "feats.scp", scp_lines)  # last: the completion marker
+    samples = sum(results[job.index].samples for job in jobs)
+    return FbankSummary(
+        out_dir, len(utt2frames), sum(utt2frames.values()), samples / cfg.sample_rate, len(jobs), len(bad)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Jobs in worker processes (extract-fbank, make-shards)
+
+Report = Callable[[int], None]  # report(k): k more utterances done
+_JobT = TypeVar("_JobT")
+_ResultT = TypeVar("_ResultT")
+
+
+def progress_counter(total: int, done: int, progress: Callable[[int, int], None] | None) -> Report:
+    """A ``report(k)`` that adds ``k`` to ``done`` and calls ``progress(done, total)`` (shown at once)."""
+    count = done
+
+    def report(k: int) -> None:
+        nonlocal count
+        count += k
+        if progress is not None:
+            progress(count, total)
+
+    report(0)
+    return report
+
+
+def failure_line(errors: Mapping[int, str], complete: int, total: int, unit: str) -> str:
+    """One line for failed jobs/shards: the first one's error, how many others failed, what was kept."""
+    line = errors[min(errors)]
+    if len(errors) > 1:
+        line += f" ({len(errors) - 1} more failed)"
+    if complete:
+        line += f" [{complete} of {total} {unit} complete and kept: a rerun redoes only the others]"
+    return line
+
+
+def run_jobs(
+    jobs: Sequence[_JobT], run: Callable[[_JobT, Report], _ResultT], report: Report, *, stage: str
+) -> tuple[dict[int, _ResultT], dict[int, str]]:
+    """Run ``run(job, report)`` for each job (``job.index`` names it): in this process for one job, else
+    each in its own worker process.
+
+    Returns:
+        (results, errors) by job index; ``errors`` holds the one-line message of each job that raised a
+        :class:`MemsvError`. Such a job does not stop the others: their work is complete and kept.
+
+    Raises:
+        OSError (disk full, ...), RuntimeError (a bug in a worker, with its traceback), MemsvError (a
+        worker died without reporting), KeyboardInterrupt: at once, after stopping every worker.
+    """
+    if len(jobs) > 1:
+        return _run_parallel(jobs, run, report, stage)
+    results: dict[int, _ResultT] = {}
+    errors: dict[int, str] = {}
+    for job in jobs:
+        try:
+            results[job.index] = run(job, report)  # type: ignore[attr-defined]
+        except MemsvError as err:
+            errors[job.index] = str(err)  # type: ignore[attr-defined]
+    return results, errors
 
 
 def _ignore_signal(signum: int, frame: object) -> None:
@@ -240,7 +608,7 @@ def _os_error(
     return OSError(errno_, strerror, filename, None, filename2)
 
 
-def _worker_main(job: _Job, progress_queue, result_queue) -> None:  # noqa: ANN001 - mp queues
+def _worker_main(run, job, progress_queue, result_queue) -> None:  # noqa: ANN001 - mp queues
     """Body of one worker process: run the job, send back ``(index, kind, payload)``.
 
     ``kind`` is ``ok`` (payload: the job's result), ``input`` (a user error: its one-line message),
@@ -252,11 +620,9 @@ def _worker_main(job: _Job, progress_queue, result_queue) -> None:  # noqa: ANN0
     parent reports the interrupt. A Python-level handler, not ``SIG_IGN``: exec'd pipe commands get the
     default action back and die with the group, where an ignored signal would be inherited.
     """
-    global _progress_queue
-    _progress_queue = progress_queue
     signal.signal(signal.SIGINT, _ignore_signal)
     try:
-        result_queue.put((job.index, "ok", _run_job(job)))
+        result_queue.put((job.index, "ok", run(job, progress_queue.put)))
     except MemsvError as err:
         result_queue.put((job.index, "input", str(err)))
     except OSError as err:
@@ -267,203 +633,54 @@ def _worker_main(job: _Job, progress_queue, result_queue) -> None:  # noqa: ANN0
         result_queue.put((job.index, "bug", traceback.format_exc()))
 
 
-_JOB_ARK = re.compile(r"^feats(\.\d+)?\.ark$")
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def split_jobs(n_items: int, nj: int) -> list[range]:
-    """Contiguous, near-equal index ranges (Kaldi ``split_scp.pl`` style); empty ranges dropped."""
-    nj = max(1, min(nj, n_items))
-    bounds = [round(i * n_items / nj) for i in range(nj + 1)]
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
-def _copy_data_files(data_dir: Path, out_dir: Path) -> None:
-    for name in ("utt2spk", "spk2utt"):
-        if (data_dir / name).is_file():
-            with atomic_path(out_dir / name) as tmp:
-                shutil.copyfile(data_dir / name, tmp)
-    trials = data_dir / "trials"
-    if trials.is_dir():
-        (out_dir / "trials").mkdir(exist_ok=True)
-        for f in sorted(trials.iterdir()):
-            if f.is_file():
-                with atomic_path(out_dir / "trials" / f.name) as tmp:
-                    shutil.copyfile(f, tmp)
-
-
-def extract_fbank(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    cfg: FbankConfig | None = None,
-    *,
-    nj: int = 1,
-    backend: str = "kaldi-native",
-    progress: Callable[[int, int], None] | None = None,
-) -> FbankSummary:
-    """Compute fbank features for every utterance of a data directory (the ``extract-fbank`` stage).
-
-    Args:
-        data_dir: Kaldi data directory (``wav.scp``, ``utt2spk``; validated first).
-        out_dir: output directory (created); see the module docstring for its files. Held with
-            :func:`memsv_cli.lock.hold_directory` while the stage runs: one run per output directory.
-        cfg: fbank options.
-        nj: number of worker processes; each writes its own ``feats.JOB.ark``.
-        backend: ``kaldi-native`` or ``torchaudio``.
-        progress: called as ``progress(done, total)`` in utterances while the work runs.
-
-    Raises:
-        MemsvError / InputError: bad options or input (naming file, line and utterance);
-            :class:`~memsv_cli.lock.DirectoryInUseError` when another run holds ``out_dir``.
-        OSError: writing failed (disk full, permissions), also inside a worker.
-        On any error or KeyboardInterrupt, the arks written so far are removed and no ``feats.scp`` exists.
-    """
-    cfg = cfg or FbankConfig()
-    cfg.validate()
-    if backend not in BACKENDS:
-        raise MemsvError(f"unknown fbank backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "torchaudio" and not torchaudio_available():
-        raise MemsvError("--backend torchaudio: torchaudio does not import here (use kaldi-native)")
-    if nj < 1:
-        raise MemsvError(f"--nj must be at least 1, got {nj}")
-    data_dir = Path(data_dir)
-    data = load_data_dir(data_dir)
-    if data_dir.resolve() == Path(out_dir).resolve():
-        raise MemsvError(f"{Path(out_dir).resolve()}: output directory must differ from the data directory")
-    with hold_directory(out_dir, "output directory"):  # creates it
-        out_dir = Path(out_dir).resolve()
-        # The scp marks completion: drop the old one before touching any ark it may point to.
-        for name in ("feats.scp", "utt2num_frames"):
-            _remove_quietly(out_dir / name)
-        entries = [(line, utt, spec) for line, (utt, spec) in enumerate(data.wav_scp.items(), start=1)]
-        jobs = _make_jobs(entries, nj, out_dir, str(data_dir / "wav.scp"), cfg, backend)
-        utt2frames, samples = _run_and_write(jobs, data_dir, out_dir, cfg, progress)
-        # Arks of an earlier run with another --nj are no longer referenced.
-        used = {Path(job.ark).name for job in jobs}
-        for f in out_dir.iterdir():
-            if _JOB_ARK.match(f.name) and f.name not in used:
-                _remove_quietly(f)
-    return FbankSummary(out_dir, len(entries), sum(utt2frames.values()), samples / cfg.sample_rate, len(jobs))
-
-
-def _make_jobs(
-    entries: list[tuple[int, str, str]],
-    nj: int,
-    out_dir: Path,
-    wav_scp_path: str,
-    cfg: FbankConfig,
-    backend: str,
-) -> list[_Job]:
-    """Split the ``(line, utterance, spec)`` entries into contiguous jobs writing under ``out_dir``."""
-    ranges = split_jobs(len(entries), nj)
-    single = len(ranges) == 1
-    return [
-        _Job(
-            index=j,
-            ark=str(out_dir / ("feats.ark" if single else f"feats.{j}.ark")),
-            scp=str(out_dir / f".feats.{j}.scp.tmp"),
-            wav_scp_path=wav_scp_path,
-            entries=tuple(entries[i] for i in r),
-            cfg=cfg,
-            backend=backend,
-        )
-        for j, r in enumerate(ranges, start=1)
-    ]
-
-
-def _run_and_write(
-    jobs: list[_Job],
-    data_dir: Path,
-    out_dir: Path,
-    cfg: FbankConfig,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[dict[str, int], int]:
-    """Run the jobs and write the outputs, ``feats.scp`` last; returns (utt -> frames, total samples).
-
-    On any exception (KeyboardInterrupt included) this run's arks are removed before it propagates.
-    """
-    total = sum(len(job.entries) for job in jobs)
-    done = 0
-
-    def report(k: int) -> None:
-        nonlocal done
-        done += k
-        if progress is not None:
-            progress(done, total)
-
-    try:
-        results = [_run_job(jobs[0], report)] if len(jobs) == 1 else _run_parallel(jobs, report)
-        utt2frames: dict[str, int] = {}
-        scp_lines: list[str] = []
-        samples = 0
-        for job, (frames, n_samples) in zip(jobs, results, strict=True):
-            utt2frames.update(frames)
-            samples += n_samples
-            scp_lines += Path(job.scp).read_text(encoding="utf-8").splitlines()
-        order = {utt: i for i, utt in enumerate(c_sorted(utt2frames))}
-        scp_lines.sort(key=lambda ln: order[ln.split(maxsplit=1)[0]])
-        _copy_data_files(data_dir, out_dir)
-        write_text_atomic(out_dir / "fbank.conf", cfg.kaldi_conf())
-        write_lines_atomic(out_dir / "utt2num_frames", [f"{u} {utt2frames[u]}" for u in c_sorted(utt2frames)])
-        write_lines_atomic(out_dir / "feats.scp", scp_lines)  # last: the completion marker
-    except BaseException:
-        for job in jobs:
-            _remove_quietly(Path(job.ark))
-        raise
-    finally:
-        for job in jobs:
-            _remove_quietly(Path(job.scp))
-    return utt2frames, samples
-
-
-def _run_parallel(jobs: Sequence[_Job], report: Callable[[int], None]) -> list[tuple[dict[str, int], int]]:
-    """Run each job in its own worker process; on the first failure stop all workers and raise.
+def _run_parallel(
+    jobs: Sequence[_JobT], run: Callable[[_JobT, Report], _ResultT], report: Report, stage: str
+) -> tuple[dict[int, _ResultT], dict[int, str]]:
+    """:func:`run_jobs` with one worker process per job.
 
     A worker that dies without reporting (killed, out of memory) is an error too, never a hang.
     """
     # fork where the platform has it (as torch's DataLoader does): workers start in milliseconds instead of
-    # re-importing the CLI (typer, torch) as spawn would. The workers only run numpy, soundfile and
+    # re-importing the CLI (typer, torch) as spawn would. The workers only run numpy, soundfile, tarfile and
     # kaldi-native-fbank, none of which relies on threads the parent may have started.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     progress_queue, result_queue = ctx.Queue(), ctx.Queue()
     procs = {
-        job.index: ctx.Process(target=_worker_main, args=(job, progress_queue, result_queue), daemon=True)
+        job.index: ctx.Process(  # type: ignore[attr-defined]
+            target=_worker_main, args=(run, job, progress_queue, result_queue), daemon=True
+        )
         for job in jobs
     }
-    results: dict[int, tuple[dict[str, int], int]] = {}
+    results: dict[int, _ResultT] = {}
+    errors: dict[int, str] = {}
     try:
         for proc in procs.values():
             proc.start()
-        while len(results) < len(jobs):
+        while len(results) + len(errors) < len(jobs):
             with contextlib.suppress(queue_module.Empty):
                 while True:
                     report(progress_queue.get(timeout=0.05))
             with contextlib.suppress(queue_module.Empty):
                 while True:
                     index, kind, payload = result_queue.get_nowait()
-                    if kind == "input":
-                        raise MemsvError(payload)
                     if kind == "os":
                         raise _os_error(*payload)
                     if kind == "bug":
-                        raise RuntimeError(f"extract-fbank job {index} failed:\n{payload}")
-                    results[index] = payload
+                        raise RuntimeError(f"{stage} job {index} failed:\n{payload}")
+                    (results if kind == "ok" else errors)[index] = payload
             for index, proc in procs.items():
                 # Checked after draining the results: a worker reports, then exits 0.
-                if index not in results and proc.exitcode not in (None, 0) and result_queue.empty():
+                reported = index in results or index in errors
+                if not reported and proc.exitcode not in (None, 0) and result_queue.empty():
                     raise MemsvError(
-                        f"extract-fbank job {index} died (exit code {proc.exitcode}; out of memory or killed)"
+                        f"{stage} job {index} died (exit code {proc.exitcode}; out of memory or killed)"
                     )
         with contextlib.suppress(queue_module.Empty):
             while True:
                 report(progress_queue.get_nowait())
-        return [results[job.index] for job in jobs]
+        return results, errors
     finally:
-        # After an error or Ctrl-C the other workers must not keep writing arks.
+        # After an error or Ctrl-C the other workers must not keep writing.
         for proc in procs.values():
             if proc.is_alive():
                 proc.terminate()
