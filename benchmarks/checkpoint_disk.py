@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+from memsv_cli.data.sampler import ChunkBatchSampler  # noqa: E402
 from memsv_cli.train.checkpoint import capture_rng  # noqa: E402
 from memsv_cli.train.config import resolve_config  # noqa: E402
 from memsv_cli.train.distributed import DistInfo  # noqa: E402
@@ -43,7 +44,8 @@ def _serialised(payload: dict) -> int:
 def sizes(model: str, optimizer: str) -> tuple[int, int]:
     """(full checkpoint bytes, weights-only bytes) of ``model`` trained with ``optimizer``."""
     config = resolve_config(None, [f"model.name={model}", f"optimizer.name={optimizer}"])
-    state = build_state(Settings.from_config(config), SPEAKERS, UTTERANCES, DistInfo())
+    plan = ChunkBatchSampler(UTTERANCES, 128, seed=42)
+    state = build_state(Settings.from_config(config), SPEAKERS, plan, DistInfo())
     for p in state.net.parameters():  # the states exist from the first step on
         p.grad = torch.zeros_like(p)
     state.optimizer.step()

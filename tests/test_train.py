@@ -269,6 +269,7 @@ def test_progress_prints_one_line_per_epoch_when_not_on_a_terminal() -> None:
 def test_init_model_loads_weights_and_head_and_rejects_another_architecture(
     data_dir: Path, tmp_path: Path
 ) -> None:
+    from memsv_cli.data.sampler import ChunkBatchSampler
     from memsv_cli.train.distributed import DistInfo
     from memsv_cli.train.settings import Settings
     from memsv_cli.train.state import build_state, init_from_checkpoint
@@ -276,7 +277,8 @@ def test_init_model_loads_weights_and_head_and_rejects_another_architecture(
     cfg = tiny_config(data_dir, "train.epochs=1", "train.num_avg=1")
     train(cfg, tmp_path / "exp")
     avg = tmp_path / "exp/models/avg_model.pt"
-    state = build_state(Settings.from_config(cfg), num_classes=8, num_items=64, info=DistInfo())
+    plan = ChunkBatchSampler(64, batch_size=16, seed=42)
+    state = build_state(Settings.from_config(cfg), num_classes=8, plan=plan, info=DistInfo())
     assert init_from_checkpoint(state.net, str(avg)).startswith("initialised model and head")
     saved = load_checkpoint(avg)
     assert all(torch.equal(v, saved["model"][k]) for k, v in state.net.model.state_dict().items())
@@ -284,7 +286,7 @@ def test_init_model_loads_weights_and_head_and_rejects_another_architecture(
     other = build_state(
         Settings.from_config(tiny_config(data_dir, "model.name=resnet18")),
         num_classes=8,
-        num_items=64,
+        plan=plan,
         info=DistInfo(),
     )
     other.net.model = torch.nn.Linear(2, 2)

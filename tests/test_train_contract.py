@@ -15,7 +15,7 @@ from test_train import TINY
 from test_train_data import make_feats_dir
 
 import memsv_cli.train as train_pkg
-from memsv_cli.data.dataset import ChunkBatchSampler
+from memsv_cli.data.sampler import ChunkBatchSampler
 from memsv_cli.errors import MemsvError
 from memsv_cli.train import checkpoint as ckpt
 from memsv_cli.train.config import DEFAULTS, family_switch_warning, resolve_config

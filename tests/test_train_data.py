@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from memsv_cli.data.dataset import (
-    ChunkBatchSampler,
-    ChunkDataset,
-    SpecAugment,
-    crop_chunk,
-    load_training_data,
-)
+from memsv_cli.data.dataset import ChunkDataset, SpecAugment, crop_chunk, load_training_data
+from memsv_cli.data.sampler import ChunkBatchSampler
 from memsv_cli.errors import MemsvError
 
 
@@ -158,3 +153,44 @@ def test_sampler_shards_are_disjoint_equal_sized_and_cover_the_data() -> None:
 def test_sampler_that_cannot_fill_a_batch_is_an_error() -> None:
     with pytest.raises(MemsvError, match="batch_size"):
         ChunkBatchSampler(6, batch_size=4, seed=0, world_size=2)
+
+
+def test_crop_reads_only_the_chunk_rows_and_equals_the_whole_read(tmp_path: Path) -> None:
+    from memsv_cli.data.kaldi_dir import write_table
+
+    d = make_feats_dir(tmp_path / "d", num_speakers=2, utts_per_speaker=3, frames=(60, 90))
+    data = load_training_data(d)
+    assert data.num_frames is None  # no utt2num_frames: whole reads
+    whole = ChunkDataset(data, chunk_frames=32)
+    frames = {u: kaldiio.load_mat(a).shape[0] for u, a in zip(data.utts, data.arks, strict=True)}
+    write_table(d / "utt2num_frames", {u: str(n) for u, n in frames.items()})
+    data_rows = load_training_data(d)
+    rows = ChunkDataset(data_rows, chunk_frames=32)
+    for i in range(len(data.utts)):
+        assert torch.equal(whole[(i, 100 + i)][0], rows[(i, 100 + i)][0])  # the same draws, the same crop
+    # bytes read: rows of the chunk (+ a header) vs whole matrices
+    assert rows.bytes_read < 0.6 * whole.bytes_read
+    assert rows.bytes_read == len(data.utts) * (32 * 16 * 4 + 15)
+    whole.close()
+    rows.close()
+
+
+def test_offline_copies_are_one_item_per_original_drawn_with_aug_prob(tmp_path: Path) -> None:
+    from memsv_cli.data.variants import group_variants, split_variant
+
+    assert split_variant("sp0.9-id1/v/00001-reverb") == ("id1/v/00001", "sp0.9", "reverb")
+    assert split_variant("id1/v/00001") == ("id1/v/00001", "", "")
+    utts = ["a", "a-noise", "a-reverb", "b", "sp0.9-a", "sp0.9-a-music", "sp1.1-a"]
+    groups = group_variants(utts)
+    assert [g.original for g in groups] == ["a", "b"] and [g.size for g in groups] == [6, 1]
+    rng = np.random.default_rng(0)
+    picks = [utts[groups[0].pick(rng, aug_prob=0.6)] for _ in range(6000)]
+    speeds = [split_variant(u)[1] for u in picks]
+    for speed in ("", "sp0.9", "sp1.1"):  # speeds uniformly, 2000 +- 4 sigma (36.5)
+        assert abs(speeds.count(speed) - 2000) < 150
+    clean = [u for u in picks if split_variant(u)[1] == "" and split_variant(u)[2] == ""]
+    assert abs(len(clean) / speeds.count("") - 0.4) < 0.05  # 1 - aug_prob, where copies exist
+    assert "sp1.1-a" in picks and all(p != "b" for p in picks)
+    # a group of one draws nothing: data without copies trains exactly as before
+    state = rng.bit_generator.state
+    assert groups[1].pick(rng, 0.6) == 3 and rng.bit_generator.state == state

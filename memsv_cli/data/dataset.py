@@ -1,29 +1,30 @@
-"""Training chunks from ``feats.scp`` + ``utt2spk``: random fixed-length crops, one per utterance per epoch.
+"""Feature-file training data (``data.type: feat``): ``feats.scp`` + ``utt2spk``, one random fixed-length
+crop per original utterance per epoch.
 
-Reproducibility: everything random about an epoch (the utterance order and, for every utterance, its
-crop start and SpecAugment masks) is drawn up front by :class:`ChunkBatchSampler` from
-``(seed, epoch)`` alone, and each sample carries its own seed into the worker. The batches a rank sees
-therefore depend on nothing but ``(seed, epoch, rank, world_size)`` - not on the number of DataLoader
-workers, their scheduling, or what ran before - which is what makes ``--resume`` exact.
+A crop reads only its rows from the ark when ``utt2num_frames`` gives the length (``ArkReader.load_rows``):
+a 200-frame chunk of an 800-frame utterance reads a quarter of it. Offline Kaldi-style copies (speed
+perturbed ``sp<F>-`` speakers, ``-reverb``/``-noise``/... utterances) are grouped under their original
+(:mod:`memsv_cli.data.variants`): an epoch is one pass over the originals, each contributing its clean
+form or, with ``data.aug_prob``, one of its copies. Every random choice (copy, crop start, SpecAugment)
+comes from the sample's own seed (:mod:`memsv_cli.data.sampler`).
 
-Ark files are opened once per worker process (kaldiio ``fd_dict``) and kept open, not per sample.
+Ark files are opened once per worker process and kept open, not per sample.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import kaldiio
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from memsv_cli.data.ark import ArkReader
-from memsv_cli.data.kaldi_dir import c_sorted, read_table, read_utt2spk
+from memsv_cli.data.kaldi_dir import c_sorted, read_table, read_utt2num_frames, read_utt2spk
+from memsv_cli.data.variants import VariantGroup, group_variants
 from memsv_cli.errors import InputError, MemsvError
 
 
@@ -53,6 +54,8 @@ class TrainingData:
         labels: speaker index per utterance; speakers are numbered in C-locale order.
         speakers: speaker ids, index = label.
         feat_dim: feature dimension F (from the first utterance).
+        num_frames: frames per utterance from ``utt2num_frames`` (None: not there; crops read whole).
+        groups: the original utterances and their copies (one item each per epoch).
     """
 
     path: Path
@@ -61,6 +64,13 @@ class TrainingData:
     labels: list[int]
     speakers: list[str]
     feat_dim: int = field(default=0)
+    num_frames: list[int] | None = None
+    groups: list[VariantGroup] = field(default_factory=list)
+
+    @property
+    def num_items(self) -> int:
+        """Training samples per epoch: one per original utterance."""
+        return len(self.groups)
 
 
 def load_training_data(data_dir: str | Path) -> TrainingData:
@@ -99,7 +109,17 @@ def load_training_data(data_dir: str | Path) -> TrainingData:
     if first.ndim != 2 or first.shape[0] == 0:
         raise InputError(scp, f"features of {utts[0]!r} have shape {first.shape}, expected (frames, dims)")
     data.feat_dim = int(first.shape[1])
+    data.num_frames = _num_frames(data_dir / "utt2num_frames", utts)
+    data.groups = group_variants(utts)
     return data
+
+
+def _num_frames(path: Path, utts: list[str]) -> list[int] | None:
+    """Frames per utterance from ``utt2num_frames`` when it covers every utterance, else None."""
+    if not path.is_file():
+        return None
+    table = read_utt2num_frames(path)
+    return [table[u] for u in utts] if all(u in table for u in utts) else None
 
 
 @dataclass(frozen=True)
@@ -128,126 +148,72 @@ class SpecAugment:
         return feats
 
 
+def crop_start(frames: int, chunk_frames: int, rng: np.random.Generator) -> int:
+    """The first frame of a random ``chunk_frames`` crop of ``frames`` (0 when it has to be tiled);
+    the same draw as :func:`crop_chunk` makes."""
+    return int(rng.integers(0, max(frames, chunk_frames) - chunk_frames + 1))
+
+
 def crop_chunk(feats: np.ndarray, chunk_frames: int, rng: np.random.Generator) -> np.ndarray:
     """A random ``chunk_frames``-long crop of ``feats`` (T, F); shorter utterances are tiled (wrapped)
     first, as WeSpeaker pads them. Returns a new (chunk_frames, F) float32 array."""
     frames = feats.shape[0]
     if frames < chunk_frames:
         feats = np.pad(feats, ((0, chunk_frames - frames), (0, 0)), mode="wrap")
-        frames = chunk_frames
-    start = int(rng.integers(0, frames - chunk_frames + 1))
+    start = crop_start(frames, chunk_frames, rng)
     return np.array(feats[start : start + chunk_frames], dtype=np.float32)
 
 
 class ChunkDataset(Dataset):
-    """Map-style dataset indexed by ``(utterance_index, sample_seed)`` pairs (see :class:`ChunkBatchSampler`).
+    """Map-style dataset indexed by ``(original_index, sample_seed)`` pairs (see
+    :class:`~memsv_cli.data.sampler.ChunkBatchSampler`).
 
     Returns ``(chunk, label)``: chunk (chunk_frames, F) float32, mean-normalised over time per chunk,
-    optionally SpecAugmented; label a Python int.
+    optionally SpecAugmented; label a Python int (the chosen copy's speaker).
+
+    Args:
+        data: the feature data.
+        chunk_frames: frames per chunk (10 ms each).
+        spec_aug: SpecAugment after mean normalisation, or None.
+        aug_prob: probability of training on an augmented offline copy instead of the clean one.
     """
 
     def __init__(
-        self, data: TrainingData, chunk_frames: int = 200, spec_aug: SpecAugment | None = None
+        self,
+        data: TrainingData,
+        chunk_frames: int = 200,
+        spec_aug: SpecAugment | None = None,
+        aug_prob: float = 0.0,
     ) -> None:
-        self.data, self.chunk_frames, self.spec_aug = data, chunk_frames, spec_aug
+        self.data, self.chunk_frames, self.spec_aug, self.aug_prob = data, chunk_frames, spec_aug, aug_prob
         self._reader = ArkReader(data.path / "feats.scp")
 
     def __len__(self) -> int:
-        return len(self.data.utts)
+        return self.data.num_items
 
-    def _load(self, index: int) -> np.ndarray:
-        return self._reader.load(self.data.arks[index], self.data.utts[index])
+    def _crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """A (chunk_frames, F) float32 crop of utterance ``index``, reading only its rows if it can."""
+        spec, utt = self.data.arks[index], self.data.utts[index]
+        frames = self.data.num_frames[index] if self.data.num_frames is not None else None
+        if frames is None or frames < self.chunk_frames:
+            return crop_chunk(self._reader.load(spec, utt), self.chunk_frames, rng)
+        start = crop_start(frames, self.chunk_frames, rng)
+        return np.array(self._reader.load_rows(spec, utt, start, self.chunk_frames), dtype=np.float32)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, sample_seed = item
+        group, sample_seed = item
         rng = np.random.default_rng(sample_seed)
-        chunk = crop_chunk(self._load(index), self.chunk_frames, rng)
+        index = self.data.groups[group].pick(rng, self.aug_prob)
+        chunk = self._crop(index, rng)
         chunk -= chunk.mean(axis=0, keepdims=True)  # per-chunk cepstral mean normalisation
         if self.spec_aug is not None:
             chunk = self.spec_aug(chunk, rng)
         return torch.from_numpy(chunk), self.data.labels[index]
 
+    @property
+    def bytes_read(self) -> int:
+        """Feature bytes this process has read (the read-amplification measurement)."""
+        return self._reader.bytes_read
+
     def close(self) -> None:
         self._reader.close()
-
-
-class ChunkBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Per-epoch shuffled, rank-sharded micro-batches of ``(utterance_index, sample_seed)``.
-
-    The epoch's permutation and per-utterance seeds come from ``numpy.random.default_rng([seed, epoch])``
-    and are identical on every rank. With W ranks and A micro-batches per optimizer step
-    (``accum_steps``) there are ``W * A`` *slots*: slot ``s`` takes positions ``s, s + W*A, ...`` of the
-    permutation (padded by wrapping so every slot gets the same count), rank r owns slots
-    ``r*A .. r*A + A - 1`` and yields, for each step, one micro-batch of each of its slots in order. So
-    one process with ``accum_steps=2`` sees exactly the micro-batches two DDP processes see. Only full
-    batches are used: all ranks run the same number of steps (DDP needs that) and BatchNorm never sees
-    a batch of 1.
-
-    Args:
-        num_items: utterances in the dataset (N).
-        batch_size: per micro-batch.
-        seed: base seed of the run.
-        rank, world_size: this process's shard.
-        accum_steps: micro-batches per optimizer step (A).
-    """
-
-    def __init__(
-        self,
-        num_items: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        accum_steps: int = 1,
-    ) -> None:
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.rank, self.world_size, self.accum_steps = rank, world_size, accum_steps
-        self.epoch, self.start_step = 0, 0
-        if self.steps_per_epoch == 0:
-            raise MemsvError(
-                f"{num_items} utterances over {world_size} process(es) x {accum_steps} micro-batch(es) "
-                f"do not fill one batch of {batch_size}: lower train.batch_size"
-            )
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Select the epoch (0-based) and the optimizer step within it (0-based) to start from."""
-        self.epoch, self.start_step = epoch, start_step
-
-    @property
-    def slots(self) -> int:
-        """Micro-batches of one optimizer step over all ranks (``world_size * accum_steps``)."""
-        return self.world_size * self.accum_steps
-
-    @property
-    def per_slot(self) -> int:
-        return math.ceil(self.num_items / self.slots)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch."""
-        return self.per_slot // self.batch_size
-
-    def __len__(self) -> int:
-        """Micro-batches this rank yields from the start step to the end of the epoch."""
-        return (self.steps_per_epoch - self.start_step) * self.accum_steps
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.num_items)
-        seeds = rng.integers(0, 2**63 - 1, size=self.num_items, dtype=np.int64)
-        padded = np.resize(order, self.per_slot * self.slots)  # wraps: the first few appear twice
-        mine = [
-            padded[s :: self.slots]
-            for s in range(self.rank * self.accum_steps, (self.rank + 1) * self.accum_steps)
-        ]
-        for b in range(self.start_step, self.steps_per_epoch):
-            for slot in mine:
-                idx = slot[b * self.batch_size : (b + 1) * self.batch_size]
-                yield [(int(i), int(seeds[i])) for i in idx]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "step_in_epoch": self.start_step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-        self.start_step = int(state.get("step_in_epoch", 0))

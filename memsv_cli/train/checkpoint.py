@@ -23,8 +23,9 @@ Keys of a full checkpoint (``FULL_KEYS``, format 2):
 - ``grad_scaler``: ``GradScaler.state_dict()`` (``{}`` when fp16 is off)
 - ``schedulers``: ``{"lr": ..., "margin": ...}`` scheduler states
 - ``sampler``: ``{"seed", "epoch", "step_in_epoch"}``, where the next batch comes from
-- ``epoch_stats``: float64 ``(6,)``, the epoch's ``(loss * n, correct, n)`` sums so far, then those
-  since the last step record (so a resumed epoch's records equal an uninterrupted one's)
+- ``epoch_stats``: float64 ``(7,)``, the epoch's ``(loss * n, correct, n)`` sums so far, those since
+  the last step record, and the unreadable samples skipped (a resumed epoch reports as an uninterrupted
+  one)
 - ``rng``: one dict per rank, index = rank: ``torch``, ``numpy``, ``python`` (and ``cuda``) states
 - ``epoch``: completed epochs (the epoch in progress is this one, 0-based)
 - ``step``: completed optimizer steps (global)

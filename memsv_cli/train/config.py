@@ -27,8 +27,27 @@ from memsv_cli.errors import InputError, MemsvError
 DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "data": {
-        "dir": None,  # training dir (feats.scp + utt2spk); set by --data
+        # WeSpeaker's data types: feat (feats.scp of extract-fbank), raw (wav.scp, audio read per
+        # utterance), shard (shard.list of make-shards: tar shards read sequentially)
+        "type": "feat",
+        "dir": None,  # training dir (feats.scp / wav.scp / shard.list, + utt2spk); set by --data
         "chunk_frames": 200,  # frames per training chunk (10 ms each)
+        # Online augmentation (raw, shard), in the DataLoader workers, WeSpeaker's chain: speed
+        # perturbation 0.9/1.0/1.1 as new speakers (x3 classes), then with probability aug_prob either
+        # reverberation by a random RIR or MUSAN-style noise / music / babble (one speech recording)
+        # from the data dirs in aug_sources (wav.scp; stage 1 prepares them), then fbank with dither,
+        # CMN, SpecAugment. For feat, aug_prob picks an offline augmented copy instead of the clean one.
+        "speed_perturb": False,
+        "aug_prob": 0.0,
+        "aug_sources": {"rirs": None, "noise": None, "music": None, "babble": None},
+        # relative weights of the additive kinds; null: every file equally likely (WeSpeaker), so the
+        # kinds weigh by their file counts
+        "aug_weights": None,
+        "dither": 1.0,  # fbank dither in training (raw, shard); extraction for scoring uses 0
+        "shuffle_buffer": 2500,  # shard: samples in the shuffle buffer of each worker
+        # unreadable audio / shard members are skipped with a counted warning; more than this fraction
+        # of an epoch's samples stops training with a one-line error
+        "max_bad_fraction": 0.01,
         "spec_aug": False,
         # SpecAugment as in WeSpeaker: with probability ``prob`` mask up to ``max_t`` frames
         # ``num_t_mask`` times and up to ``max_f`` bins ``num_f_mask`` times (masked values set to 0
@@ -90,6 +109,10 @@ FREE_FORM: tuple[str, ...] = ("model.args", "optimizer.args", "data.spec_aug_arg
 # does not: the trainer checks that, so 2 GPUs can continue on 1 GPU with accum_steps 2 and vice versa.
 RUNTIME_KEYS: tuple[str, ...] = (
     "data.dir",
+    "data.aug_sources.rirs",
+    "data.aug_sources.noise",
+    "data.aug_sources.music",
+    "data.aug_sources.babble",
     "train.num_workers",
     "train.log_interval",
     "train.progress",
@@ -114,6 +137,7 @@ KEPT_ON_SWITCH: dict[str, tuple[str, ...]] = {
 EIGHT_BIT_ONLY_ARGS = ("block_size", "min_8bit_size", "optim_bits")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+DATA_TYPES = ("feat", "raw", "shard")
 
 
 class _Loader(yaml.SafeLoader):
@@ -248,6 +272,21 @@ def resolve_config(
     return config
 
 
+def _validate_online(data: dict[str, Any]) -> None:
+    """Combinations of the data keys that cannot work."""
+    if data["type"] == "feat" and data["speed_perturb"]:
+        raise MemsvError(
+            "config key 'data.speed_perturb' needs data.type raw or shard (online audio); for feat, make "
+            "offline copies with `memsv speed-perturb` before extract-fbank"
+        )
+    online = data["type"] != "feat"
+    if online and data["aug_prob"] > 0 and not any(data["aug_sources"].values()):
+        raise MemsvError(
+            "config key 'data.aug_prob' > 0 needs data.aug_sources (rirs, noise, music, babble: the RIR "
+            "and MUSAN data dirs that stage 1 prepares)"
+        )
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -275,7 +314,18 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.args", lambda v: isinstance(v or {}, dict), "must be a mapping"),
     ("optimizer.name", lambda v: isinstance(v, str), "must be an optimizer name"),
     ("optimizer.args", lambda v: isinstance(v or {}, dict), "must be a mapping"),
+    ("data.type", _one_of(DATA_TYPES), f"must be one of {', '.join(DATA_TYPES)}"),
     ("data.chunk_frames", _int_at_least(8), "must be an integer >= 8"),
+    ("data.speed_perturb", lambda v: isinstance(v, bool), "must be true or false"),
+    ("data.aug_prob", lambda v: _is_number(v) and 0 <= v <= 1, "must be a probability in [0, 1]"),
+    *(
+        (f"data.aug_sources.{k}", lambda v: v is None or isinstance(v, str), "must be a data dir or null")
+        for k in ("rirs", "noise", "music", "babble")
+    ),
+    ("data.aug_weights", lambda v: v is None or isinstance(v, dict), "must be a mapping of kinds or null"),
+    ("data.dither", lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
+    ("data.shuffle_buffer", _int_at_least(1), "must be an integer >= 1"),
+    ("data.max_bad_fraction", lambda v: _is_number(v) and 0 <= v <= 1, "must be a fraction in [0, 1]"),
     ("data.spec_aug", lambda v: isinstance(v, bool), "must be true or false"),
     ("head.name", _one_of(("aam_softmax",)), "must be 'aam_softmax'"),
     ("head.scale", _positive(), "must be > 0"),
@@ -312,6 +362,7 @@ def validate(config: dict[str, Any]) -> None:
     start, fix = margin["increase_start_epoch"], margin["fix_start_epoch"]
     if not (_is_number(start) and _is_number(fix) and fix >= start >= 0):
         raise MemsvError("config key 'margin_scheduler.fix_start_epoch' must be >= increase_start_epoch >= 0")
+    _validate_online(config["data"])
     keep = train["keep_epoch_models"]
     if keep is not None and not (_is_int(keep) and keep >= max(1, train["num_avg"])):
         raise MemsvError(

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from memsv_cli.data.raw import ChunkBatch
 from memsv_cli.errors import MemsvError
 from memsv_cli.train import faults
 from memsv_cli.train.distributed import DistInfo, all_reduce_sum
@@ -28,7 +29,7 @@ from memsv_cli.train.signals import StopRequest
 from memsv_cli.train.state import TrainState
 from memsv_cli.train.step import STAT_COUNT, STAT_NONFINITE, Batch
 
-_SAVE, _STOP = 4, 5  # positions of the two requests after the step statistics
+_SAVE, _STOP, _BAD = 4, 5, 6  # after the step statistics: the two requests, unreadable samples
 
 
 class NonFiniteLoss(MemsvError):
@@ -66,6 +67,8 @@ class EpochRun:
     save: Callable[[str], None]
     log_interval: int
     precision: str
+    max_bad_fraction: float = 0.01
+    batch_size: int = 1  # per micro-batch, for the bad-sample fraction
 
 
 @dataclass
@@ -76,14 +79,19 @@ class EpochResult:
     stopped: bool = False
 
 
-def grouped(loader: Iterable[Batch], size: int, device: torch.device) -> Iterator[list[Batch]]:
-    """Consecutive groups of ``size`` micro-batches (one optimizer step), moved to ``device``."""
+def grouped(
+    loader: Iterable[ChunkBatch], size: int, device: torch.device
+) -> Iterator[tuple[list[Batch], list]]:
+    """Consecutive groups of ``size`` micro-batches (one optimizer step), moved to ``device``, with the
+    samples left out of them because they could not be read."""
     group: list[Batch] = []
-    for feats, labels in loader:
+    bad: list = []
+    for feats, labels, dropped in loader:
         group.append((feats.to(device, non_blocking=True), labels.to(device, non_blocking=True)))
+        bad += dropped
         if len(group) == size:
-            yield group
-            group = []
+            yield group, bad
+            group, bad = [], []
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -96,13 +104,13 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 class _Agreement:
     """``before_update`` hook: all-reduce the step statistics with the save/stop requests."""
 
-    def __init__(self, state: TrainState, run: EpochRun, lr: float) -> None:
-        self.state, self.run, self.lr = state, run, lr
-        self.reduced = torch.zeros(6, dtype=torch.float64)
+    def __init__(self, state: TrainState, run: EpochRun, lr: float, bad: int) -> None:
+        self.state, self.run, self.lr, self.bad = state, run, lr, bad
+        self.reduced = torch.zeros(7, dtype=torch.float64)
 
     def __call__(self, stats: torch.Tensor) -> None:
         info, step = self.run.info, self.state.step + 1
-        wants = [float(info.is_main and self.run.clock.due(step)), float(self.run.stop.requested)]
+        wants = [float(info.is_main and self.run.clock.due(step)), float(self.run.stop.requested), self.bad]
         vec = torch.cat([stats, torch.tensor(wants, dtype=torch.float64, device=stats.device)])
         # reduced on the device (nccl needs CUDA tensors); every rank learns of a bad loss anywhere
         self.reduced = all_reduce_sum(vec, info).cpu()
@@ -127,13 +135,14 @@ def run_epoch(state: TrainState, run: EpochRun) -> EpochResult:
         torch.cuda.reset_peak_memory_stats(info.device)
     start, seen, lr, margin = time.perf_counter(), 0.0, 0.0, 0.0
     run.progress.start_epoch(state.epoch + 1, steps, done=state.step_in_epoch)
-    for micro in grouped(run.loader, accum, info.device):
+    for micro, bad in grouped(run.loader, accum, info.device):
         lr, margin = state.lr_sched.step(state.step), state.margin_sched.step(state.step)
-        agree = _Agreement(state, run, lr)
+        agree = _Agreement(state, run, lr, len(bad))
         state.step_fn(micro, before_update=agree)
         state.step += 1
         stats = agree.reduced
-        state.epoch_stats += stats[:3].repeat(2)  # epoch totals, then the log window
+        state.epoch_stats[:6] += stats[:3].repeat(2)  # epoch totals, then the log window
+        _count_bad(state, run, bad, float(stats[_BAD]))
         seen += float(stats[STAT_COUNT])
         rate = seen / max(time.perf_counter() - start, 1e-9)
         run.progress.update(
@@ -152,14 +161,32 @@ def run_epoch(state: TrainState, run: EpochRun) -> EpochResult:
         faults.inject(state.step, info.rank)
         if stop:
             return EpochResult(None, stopped=True)
-    totals = state.epoch_stats[:3].clone()
+    totals, skipped = state.epoch_stats[:3].clone(), int(state.epoch_stats[6])
     state.epoch_stats.zero_()
-    return EpochResult(_epoch_metrics(state, totals, time.perf_counter() - start, lr, margin, info))
+    metrics = _epoch_metrics(state, totals, time.perf_counter() - start, lr, margin, info)
+    return EpochResult({**metrics, "bad_samples": skipped})
+
+
+def _count_bad(state: TrainState, run: EpochRun, bad: list, all_ranks: float) -> None:
+    """Log this rank's unreadable samples (rank 0 writes), count every rank's, and stop every rank
+    alike once an epoch's count passes ``data.max_bad_fraction`` of its samples."""
+    for item in bad:
+        run.log.info(f"warning: skipped {item.key}: {item.reason}")
+    state.epoch_stats[6] += all_ranks
+    epoch_samples = state.steps_per_epoch * state.sampler.slots * run.batch_size
+    if state.epoch_stats[6] > run.max_bad_fraction * epoch_samples:
+        first = f"; this rank's first: {bad[0].key} ({bad[0].reason})" if bad else ""
+        count = int(state.epoch_stats[6])
+        raise MemsvError(
+            f"{count} training samples of epoch {state.epoch + 1} could not be read, more than "
+            f"data.max_bad_fraction {run.max_bad_fraction:g} of its {epoch_samples}{first}; fix or remove "
+            "them (train.log lists them) and --resume"
+        )
 
 
 def _log_window(state: TrainState, run: EpochRun, lr: float, margin: float, rate: float) -> None:
     """A step record of the steps since the last one (the window), to metrics.jsonl and train.log."""
-    window = state.epoch_stats[3:]
+    window = state.epoch_stats[3:6]
     rec = {
         "type": "step",
         "epoch": state.epoch + 1,

@@ -16,10 +16,18 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DataSettings:
-    """``data``: where the training set is and how chunks are cut."""
+    """``data``: where the training set is, how chunks are cut and augmented."""
 
-    dir: str | None  # training data dir (feats.scp + utt2spk)
+    type: str  # feat | raw | shard
+    dir: str | None  # training data dir
     chunk_frames: int  # frames per training chunk (10 ms each)
+    speed_perturb: bool  # raw/shard: 0.9 / 1.0 / 1.1 as new speaker classes
+    aug_prob: float  # probability of reverb or additive noise (feat: of an offline copy)
+    aug_sources: dict[str, str | None]  # data dirs: rirs, noise, music, babble (speech)
+    aug_weights: dict[str, float] | None  # relative weights of the additive kinds
+    dither: float  # fbank dither in training (raw/shard), in int16 sample units
+    shuffle_buffer: int  # shard: samples per worker's shuffle buffer
+    max_bad_fraction: float  # unreadable samples tolerated per epoch before stopping
     spec_aug: bool
     spec_aug_args: dict[str, Any]  # SpecAugment(**spec_aug_args)
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from memsv_cli.data.dataset import ChunkBatchSampler
+from memsv_cli.data.sampler import EpochPlan
 from memsv_cli.errors import MemsvError
 from memsv_cli.train.checkpoint import FORMAT_VERSION, build_model, load_checkpoint, restore_rng
 from memsv_cli.train.distributed import DistInfo
@@ -29,12 +29,13 @@ class TrainState:
     step_fn: TrainStep  # holds the grad scaler
     lr_sched: ExponentialDecrease
     margin_sched: MarginScheduler
-    sampler: ChunkBatchSampler
+    sampler: EpochPlan  # which samples this rank trains on (a ChunkBatchSampler or a ShardStream)
     epoch: int = 0  # completed epochs
     step: int = 0  # completed optimizer steps
     # sums over all ranks in the epoch in progress: (loss * n, correct, n) of the epoch, then of the
-    # steps since the last step record; saved, so a resumed epoch reports what an uninterrupted one does
-    epoch_stats: torch.Tensor = field(default_factory=lambda: torch.zeros(6, dtype=torch.float64))
+    # steps since the last step record, then the unreadable samples skipped; saved, so a resumed epoch
+    # reports (and stops) as an uninterrupted one does
+    epoch_stats: torch.Tensor = field(default_factory=lambda: torch.zeros(7, dtype=torch.float64))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -93,8 +94,8 @@ def _schedulers(
     return lr_sched, margin_sched
 
 
-def build_state(settings: Settings, num_classes: int, num_items: int, info: DistInfo) -> TrainState:
-    """Model, head, optimizer, step, schedulers and sampler for a fresh run (seeded)."""
+def build_state(settings: Settings, num_classes: int, plan: EpochPlan, info: DistInfo) -> TrainState:
+    """Model, head, optimizer, step and schedulers for a fresh run (seeded), around the epoch plan."""
     s, tc = settings, settings.train
     torch.manual_seed(s.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model_checked(s.raw)
@@ -108,11 +109,10 @@ def build_state(settings: Settings, num_classes: int, num_items: int, info: Dist
     net = TrainingNet(model, head).to(info.device)
     optimizer = build_optimizer_for(s, net.parameters())
     step_fn = TrainStep(net, optimizer, tc.precision, info.device.type, tc.grad_clip)
-    sampler = ChunkBatchSampler(num_items, tc.batch_size, s.seed, info.rank, info.world_size, tc.accum_steps)
-    lr_sched, margin_sched = _schedulers(s, optimizer, head, sampler.steps_per_epoch, info.world_size)
+    lr_sched, margin_sched = _schedulers(s, optimizer, head, plan.steps_per_epoch, info.world_size)
     # per-rank stream for anything random in the model itself (e.g. dropout)
     torch.manual_seed(s.seed + 1000003 * (info.rank + 1))
-    return TrainState(net, optimizer, step_fn, lr_sched, margin_sched, sampler)
+    return TrainState(net, optimizer, step_fn, lr_sched, margin_sched, plan)
 
 
 def full_payload(
@@ -163,8 +163,9 @@ def restore_state(state: TrainState, payload: dict[str, Any], rank: int) -> None
     state.margin_sched.load_state_dict(payload["schedulers"]["margin"])
     state.epoch, state.step = int(payload["epoch"]), int(payload["step"])
     state.sampler.seed = int(payload["sampler"]["seed"])
-    if payload.get("epoch_stats") is not None:
-        state.epoch_stats.copy_(payload["epoch_stats"])
+    saved = payload.get("epoch_stats")
+    if saved is not None:
+        state.epoch_stats[: len(saved)] = saved
     state.sampler.set_epoch(state.epoch, state.step_in_epoch)
     restore_rng(payload["rng"], rank)
 
@@ -185,10 +186,18 @@ def init_from_checkpoint(net: TrainingNet, path: str) -> str:
             f"train.init_model {path}: {source!r} weights do not fit this model "
             f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
         )
-    head = payload.get("head")
-    if head is not None and all(
-        k in head and head[k].shape == v.shape for k, v in net.head.state_dict().items()
-    ):
+    head, mine = payload.get("head"), net.head.weight
+    saved = head.get("weight") if head is not None else None
+    if saved is not None and saved.shape == mine.shape:
         net.head.load_state_dict(head)
         return f"initialised model and head from {path}"
+    if saved is not None and saved.shape[1:] == mine.shape[1:] and saved.shape[0] % mine.shape[0] == 0:
+        # trained with speed perturbation (k x C classes, the unperturbed speakers first), fine-tuned
+        # without it (WeSpeaker's large-margin stage): the head is sliced back to the original speakers
+        with torch.no_grad():
+            mine.copy_(saved[: mine.shape[0]])
+        return (
+            f"initialised model from {path}, head from its first {mine.shape[0]} of {saved.shape[0]} "
+            "classes (the speakers without speed perturbation)"
+        )
     return f"initialised model from {path} (head: new, the checkpoint has no matching one)"

@@ -27,13 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from memsv_cli.data.dataset import (
-    ChunkBatchSampler,
-    ChunkDataset,
-    SpecAugment,
-    TrainingData,
-    load_training_data,
-)
+from memsv_cli.data.dataset import SpecAugment
+from memsv_cli.data.sampler import EpochPlan
+from memsv_cli.data.training import LoaderOptions, TrainingSource, load_training_source, make_loader
 from memsv_cli.errors import MemsvError
 from memsv_cli.sizes import format_bytes
 from memsv_cli.train import checkpoint as ckpt
@@ -81,23 +77,10 @@ class TrainResult:
     is_main: bool = True  # rank 0 (the one that reports)
 
 
-def make_loader(
-    dataset: ChunkDataset, sampler: ChunkBatchSampler, num_workers: int, pin: bool, seed: int
-) -> DataLoader:
-    """A DataLoader over ``sampler``'s current epoch; worker seeds depend only on (seed, epoch, rank)."""
-    worker_seed = np.random.SeedSequence([seed, sampler.epoch, sampler.rank]).generate_state(
-        1, dtype=np.uint64
-    )[0]
-    gen = torch.Generator().manual_seed(int(worker_seed % 2**63))
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=pin,
-        generator=gen,
-        worker_init_fn=_init_worker,
-        persistent_workers=False,
-    )
+def epoch_loader(plan: EpochPlan, dataset: Any, num_workers: int, pin: bool) -> DataLoader:
+    """A DataLoader over ``plan``'s current epoch; worker seeds depend only on (seed, epoch, rank)."""
+    seq = np.random.SeedSequence([plan.seed, plan.epoch, plan.rank]).generate_state(1, dtype=np.uint64)
+    return make_loader(plan, dataset, num_workers, pin, int(seq[0] % 2**63), _init_worker)
 
 
 def _init_worker(worker_id: int) -> None:
@@ -152,7 +135,8 @@ class Trainer:
         self.log = TrainLog(exp_dir, enabled=False)
         self.lock: Any = None
         self.newest: Path | None = None  # newest full checkpoint written or loaded
-        self.data: TrainingData | None = None
+        self.source: TrainingSource | None = None
+        self.dataset: Any = None  # what the DataLoader reads (the shard stream is also the plan)
         self.warnings: list[str] = []  # said before train.log was open
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -203,20 +187,32 @@ class Trainer:
         check_resume_config(self.newest, payload["config"], self.s.raw)
         return payload
 
-    def _load_data(self, payload: dict[str, Any] | None) -> TrainingData:
-        if not self.s.data.dir:
-            raise MemsvError("no training data: pass --data DIR (with feats.scp and utt2spk)")
-        data = load_training_data(self.s.data.dir)
-        if data.feat_dim != self.s.model.feat_dim:
+    def _load_data(self, payload: dict[str, Any] | None) -> TrainingSource:
+        d = self.s.data
+        if not d.dir:
+            raise MemsvError(f"no training data: pass --data DIR (a data.type {d.type} dir)")
+        source = load_training_source(d.type, d.dir)
+        if source.feat_dim != self.s.model.feat_dim:
             raise MemsvError(
-                f"{data.path}/feats.scp has {data.feat_dim}-dim features but model.args.feat_dim is "
-                f"{self.s.model.feat_dim} (--set model.args.feat_dim={data.feat_dim})"
+                f"{source.path} gives {source.feat_dim}-dim features but model.args.feat_dim is "
+                f"{self.s.model.feat_dim} (--set model.args.feat_dim={source.feat_dim})"
             )
-        if payload is not None and payload.get("speakers") not in (None, data.speakers):
+        if payload is not None and payload.get("speakers") not in (None, source.speakers):
             raise MemsvError(
-                f"--resume: the speakers of {data.path} differ from those the checkpoint was trained on"
+                f"--resume: the speakers of {source.path} differ from those the checkpoint was trained on"
             )
-        return data
+        return source
+
+    def _plan(self, source: TrainingSource) -> EpochPlan:
+        """This rank's epoch plan; keeps the dataset for the DataLoader."""
+        d, tc = self.s.data, self.s.train
+        opts = LoaderOptions(
+            d.chunk_frames, tc.batch_size, self.s.seed, self.info.rank, self.info.world_size,
+            tc.accum_steps, SpecAugment(**d.spec_aug_args) if d.spec_aug else None, d.aug_prob,
+            d.speed_perturb, d.dither, d.aug_sources, d.aug_weights, d.shuffle_buffer,
+        )  # fmt: skip
+        plan, self.dataset = source.plan_and_dataset(opts)
+        return plan
 
     def _start(self, resume: bool) -> TrainState:
         """Lock, find the checkpoint, write config.yaml, build (and restore) the state."""
@@ -225,8 +221,9 @@ class Trainer:
             raise MemsvError("--precision fp16 needs CUDA; on CPU use bf16 or fp32")
         self._acquire_lock()
         payload = self._find_checkpoint(resume)
-        self.data = self._load_data(payload)
-        state = build_state(self.s, len(self.data.speakers), len(self.data.utts), self.info)
+        self.source = source = self._load_data(payload)
+        classes = source.num_classes(self.s.data.speed_perturb)
+        state = build_state(self.s, classes, self._plan(source), self.info)
         if payload is not None:
             check_resume_shape(self.newest, payload, state)
         start_step = int(payload["step"]) if payload is not None else 0
@@ -250,12 +247,13 @@ class Trainer:
             self.log.info(init_from_checkpoint(state.net, self.s.train.init_model))
         if self.info.is_main:
             self.log.metrics_path.unlink(missing_ok=True)
-        assert self.data is not None
+        assert self.source is not None
         n_params = sum(p.numel() for p in state.net.model.parameters())
-        tc = self.s.train
+        tc, src = self.s.train, self.source
         self.log.info(
-            f"training {self.s.model.name} ({n_params / 1e6:.2f}M params) on {len(self.data.utts)} utts of "
-            f"{len(self.data.speakers)} speakers, {self.info.world_size} process(es) x {tc.accum_steps} "
+            f"training {self.s.model.name} ({n_params / 1e6:.2f}M params) on {src.num_items} {src.kind} "
+            f"utts of {len(src.speakers)} speakers ({state.net.head.num_classes} classes), "
+            f"{self.info.world_size} process(es) x {tc.accum_steps} "
             f"micro-batch(es) of {tc.batch_size} on {self.info.device}, optimizer "
             f"{self.s.optimizer.name}, {state.steps_per_epoch} steps/epoch"
         )
@@ -267,11 +265,11 @@ class Trainer:
         rngs = gather_objects(ckpt.capture_rng(), self.info)
         error = None
         if self.info.is_main:
-            assert self.data is not None
+            assert self.source is not None
             path = self.models_dir / f"checkpoint_{state.step:08d}.pt"
             try:
                 ckpt.write_checkpoint(
-                    path, full_payload(state, self.s.raw, self.data.speakers, rngs), self.newest
+                    path, full_payload(state, self.s.raw, self.source.speakers, rngs), self.newest
                 )
                 ckpt.point_link(self.models_dir / ckpt.LAST, path)
                 self.newest = path
@@ -337,9 +335,7 @@ class Trainer:
                 state.net, device_ids=[self.info.device.index] if self.info.device.type == "cuda" else None
             )
         state.step_fn.forward = forward
-        spec_aug = SpecAugment(**self.s.data.spec_aug_args) if self.s.data.spec_aug else None
-        assert self.data is not None
-        dataset = ChunkDataset(self.data, self.s.data.chunk_frames, spec_aug)
+        dataset = self.dataset
         last_epoch = tc.epochs if stop_after_epoch is None else min(tc.epochs, stop_after_epoch)
         clock = SaveClock(tc.save_every_minutes, tc.save_every_steps)
         progress = TrainProgress(enabled=self.info.is_main and tc.progress, total_epochs=tc.epochs)
@@ -348,11 +344,11 @@ class Trainer:
                 while state.epoch < last_epoch:
                     state.sampler.set_epoch(state.epoch, state.step_in_epoch)
                     pin = self.info.device.type == "cuda"
-                    loader = make_loader(dataset, state.sampler, tc.num_workers, pin, self.s.seed)
+                    loader = epoch_loader(state.sampler, dataset, tc.num_workers, pin)
                     run = EpochRun(
                         loader, self.info, progress, self.log, self.stop, clock,
                         lambda reason: (self.save_full(state, reason), clock.saved()),
-                        tc.log_interval, tc.precision,
+                        tc.log_interval, tc.precision, self.s.data.max_bad_fraction, tc.batch_size,
                     )  # fmt: skip
                     try:
                         outcome = run_epoch(state, run)

@@ -1,0 +1,124 @@
+"""One entry point for the three training data types (WeSpeaker's names): ``feat``, ``raw``, ``shard``.
+
+:func:`load_training_source` reads and checks a training dir; :meth:`TrainingSource.plan_and_dataset`
+builds the epoch plan (which samples each rank trains on, resumable at any step) and the dataset the
+DataLoader reads. For ``feat`` and ``raw`` the plan is a :class:`~memsv_cli.data.sampler.ChunkBatchSampler`
+over a map-style dataset; for ``shard`` it is the :class:`~memsv_cli.data.shard_stream.ShardStream`
+itself. Every plan has ``epoch``, ``start_step``, ``steps_per_epoch``, ``slots``, ``seed``, ``rank``,
+``accum_steps`` and ``set_epoch(epoch, start_step)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from memsv_cli.data.dataset import ChunkDataset, SpecAugment, TrainingData, load_training_data
+from memsv_cli.data.fbank import FbankConfig
+from memsv_cli.data.raw import AudioData, RawChunks, collate_chunks, load_audio_data
+from memsv_cli.data.sampler import ChunkBatchSampler
+from memsv_cli.data.shard_stream import ShardData, ShardStream, load_shard_data
+from memsv_cli.data.waveform import SPEEDS, WaveformChain
+from memsv_cli.errors import MemsvError
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """What the plan and the chain need besides the data (from the training settings)."""
+
+    chunk_frames: int
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    accum_steps: int = 1
+    spec_aug: SpecAugment | None = None
+    aug_prob: float = 0.0
+    speed_perturb: bool = False
+    dither: float = 1.0
+    aug_sources: dict[str, str | None] | None = None  # rirs, noise, music, babble data dirs
+    aug_weights: dict[str, float] | None = None
+    shuffle_buffer: int = 2500
+
+
+@dataclass
+class TrainingSource:
+    """A loaded training dir of one data type."""
+
+    kind: str  # feat | raw | shard
+    data: TrainingData | AudioData | ShardData
+    fbank: FbankConfig
+
+    @property
+    def path(self) -> Path:
+        return self.data.path
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speaker ids, index = label (before speed perturbation's extra classes)."""
+        return self.data.speakers
+
+    @property
+    def num_items(self) -> int:
+        """Samples per epoch: one per original utterance."""
+        return self.data.num_items
+
+    @property
+    def feat_dim(self) -> int:
+        return self.data.feat_dim if isinstance(self.data, TrainingData) else self.fbank.num_mel_bins
+
+    def num_classes(self, speed_perturb: bool) -> int:
+        """Classifier classes: every speaker, once per speed when speed perturbation is on."""
+        return len(self.speakers) * (len(SPEEDS) if speed_perturb and self.kind != "feat" else 1)
+
+    def chain(self, opts: LoaderOptions) -> WaveformChain:
+        """The online processing of the raw and shard types."""
+        from memsv_cli.data import online
+
+        dirs = {k: v for k, v in (opts.aug_sources or {}).items() if v}
+        sources = None
+        if opts.aug_prob > 0 and dirs:
+            sources = online.AugmentSources(**dirs, category_weights=opts.aug_weights)
+        return WaveformChain(
+            opts.chunk_frames, len(self.speakers), self.fbank, opts.dither, opts.speed_perturb,
+            opts.aug_prob, sources, opts.spec_aug,
+        )  # fmt: skip
+
+    def plan_and_dataset(self, opts: LoaderOptions) -> tuple[Any, Any]:
+        """(epoch plan, dataset) for this rank."""
+        if isinstance(self.data, ShardData):
+            stream = ShardStream(
+                self.data, self.chain(opts), opts.batch_size, opts.seed, opts.rank, opts.world_size,
+                opts.accum_steps, opts.shuffle_buffer,
+            )  # fmt: skip
+            return stream, stream
+        plan = ChunkBatchSampler(
+            self.num_items, opts.batch_size, opts.seed, opts.rank, opts.world_size, opts.accum_steps
+        )
+        if isinstance(self.data, AudioData):
+            return plan, RawChunks(self.data, self.chain(opts))
+        return plan, ChunkDataset(self.data, opts.chunk_frames, opts.spec_aug, opts.aug_prob)
+
+
+def load_training_source(kind: str, data_dir: str | Path, fbank: FbankConfig | None = None) -> TrainingSource:
+    """Read and check a training dir of data type ``kind`` (feat, raw, shard)."""
+    loaders = {"feat": load_training_data, "raw": load_audio_data, "shard": load_shard_data}
+    if kind not in loaders:
+        raise MemsvError(f"unknown data.type {kind!r}; choose one of {', '.join(loaders)}")
+    return TrainingSource(kind, loaders[kind](data_dir), fbank or FbankConfig())
+
+
+def make_loader(
+    plan: Any, dataset: Any, num_workers: int, pin: bool, worker_seed: int, init: Any
+) -> DataLoader:
+    """The DataLoader of one epoch of ``plan`` (a batch sampler over ``dataset``, or the stream)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(worker_seed)
+    common = {"num_workers": num_workers, "pin_memory": pin, "generator": gen, "worker_init_fn": init}
+    if isinstance(plan, ChunkBatchSampler):
+        return DataLoader(dataset, batch_sampler=plan, collate_fn=collate_chunks, **common)
+    return DataLoader(dataset, batch_size=None, **common)
