@@ -28,6 +28,7 @@ _console = make_console(stderr=True)
 class Corpus(str, Enum):
     voxceleb = "voxceleb"
     mini = "mini"
+    hnm = "hnm"
 
 
 class Backend(str, Enum):
@@ -83,7 +84,9 @@ def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
 
 
 def prepare_data(
-    corpus: Corpus = typer.Option(..., "--corpus", help="voxceleb: a VoxCeleb-style tree; mini: synthesise."),
+    corpus: Corpus = typer.Option(
+        ..., "--corpus", help="voxceleb: a VoxCeleb-style tree; mini, hnm: synthesise a built-in corpus."
+    ),
     out: Path = typer.Option(
         ..., "--out", help="voxceleb: the data dir to write; mini: the root for the corpus and its data dirs."
     ),
@@ -119,28 +122,31 @@ def prepare_data(
         rows += [(f"trials/{name}.kaldi", f"{n}") for name, n in summary.trials.items()]
         _console.print(_summary_table("prepare-data voxceleb", rows))
         return
-    from memsv_cli.data.mini import MiniConfig, prepare_mini
+    from memsv_cli.data.prepare import prepare_synthetic
 
+    name = corpus.value
     if root is not None or trials:
-        raise MemsvError("--corpus mini takes no --root or --trials (it writes its own under --out)")
-    cfg = MiniConfig(
-        num_speakers=num_speakers,
-        utts_per_speaker=utts_per_speaker,
-        num_test_speakers=num_test_speakers,
-        test_utts_per_speaker=test_utts_per_speaker,
-        seed=seed,
-    )
-    with hold_directory(out, "output directory"), _console.status("synthesising the mini corpus"):
-        mini = prepare_mini(out, cfg, nj=nj)
+        raise MemsvError(f"--corpus {name} takes no --root or --trials (it writes its own under --out)")
+    with hold_directory(out, "output directory"), _console.status(f"synthesising the {name} corpus"):
+        summary = prepare_synthetic(
+            name,
+            out,
+            num_speakers=num_speakers,
+            utts_per_speaker=utts_per_speaker,
+            num_test_speakers=num_test_speakers,
+            test_utts_per_speaker=test_utts_per_speaker,
+            seed=seed,
+            nj=nj,
+        )
     _console.print(
         _summary_table(
-            "prepare-data mini",
+            f"prepare-data {name}",
             [
-                ("train data dir", str(mini.root / "mini_train")),
-                ("test data dir", str(mini.root / "mini_test")),
-                ("train / test utterances", f"{mini.train_utts} / {mini.test_utts}"),
-                ("trials (target)", f"{mini.num_trials} ({mini.num_target_trials})"),
-                ("audio", f"{mini.audio_seconds / 60:.1f} min"),
+                ("train data dir", str(summary.root / f"{name}_train")),
+                ("test data dir", str(summary.root / f"{name}_test")),
+                ("train / test utterances", f"{summary.train_utts} / {summary.test_utts}"),
+                ("trials (target)", f"{summary.num_trials} ({summary.num_target_trials})"),
+                ("audio", f"{summary.audio_seconds / 60:.1f} min"),
             ],
         )
     )

@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from memsv_cli.data.kaldi_dir import Trial, read_trials, write_data_dir, write_trials
 from memsv_cli.errors import InputError, MemsvError
@@ -136,3 +137,58 @@ def prepare_voxceleb(
         num_m4a=sum(p.suffix == ".m4a" for p in corpus.values()),
         trials={n: len(v) for n, v in converted.items()},
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The built-in synthetic corpora (``prepare-data --corpus mini|hnm``)
+
+SYNTHETIC_CORPORA = ("mini", "hnm")
+
+
+class SyntheticSummary(Protocol):
+    """What a synthetic corpus wrote (``MiniSummary``, ``HnmSummary``)."""
+
+    root: Path
+    train_utts: int
+    test_utts: int
+    num_trials: int
+    num_target_trials: int
+    audio_seconds: float
+
+
+def prepare_synthetic(
+    corpus: str,
+    root: str | Path,
+    *,
+    num_speakers: int | None = None,
+    utts_per_speaker: int | None = None,
+    num_test_speakers: int | None = None,
+    test_utts_per_speaker: int | None = None,
+    seed: int | None = None,
+    nj: int = 1,
+) -> SyntheticSummary:
+    """Synthesise a built-in corpus under ``root``; prepare ``root/<corpus>_{train,test}`` from it.
+
+    ``corpus`` is ``mini`` (source-filter voices, :mod:`memsv_cli.data.mini`) or ``hnm``
+    (harmonic-plus-noise voices, another language and other channels, :mod:`memsv_cli.data.hnm`).
+    Sizes and seed left as ``None`` keep that corpus's defaults (durations always do: 2-4 s for mini,
+    2-6 s for hnm). ``nj`` worker processes give the same audio as one.
+    """
+    given = {
+        "num_speakers": num_speakers,
+        "utts_per_speaker": utts_per_speaker,
+        "num_test_speakers": num_test_speakers,
+        "test_utts_per_speaker": test_utts_per_speaker,
+        "seed": seed,
+    }
+    sizes = {k: v for k, v in given.items() if v is not None}
+    # Imported here: both corpus modules import this one (for prepare_voxceleb).
+    if corpus == "mini":
+        from memsv_cli.data.mini import MiniConfig, prepare_mini
+
+        return prepare_mini(root, MiniConfig(**sizes), nj=nj)
+    if corpus == "hnm":
+        from memsv_cli.data.hnm import HnmConfig, prepare_hnm
+
+        return prepare_hnm(root, HnmConfig(**sizes), nj=nj)
+    raise MemsvError(f"unknown synthetic corpus {corpus!r}; choose one of {', '.join(SYNTHETIC_CORPORA)}")
