@@ -160,8 +160,17 @@ def test_unreadable_audio_is_skipped_and_counted_then_stops_past_the_limit(
         train(cfg, tmp_path / "refused")
 
 
-def test_feat_type_refuses_online_speed_perturbation() -> None:
+def test_data_type_auto_reads_the_dir_and_refuses_what_cannot_work(corpus: dict, tmp_path: Path) -> None:
+    from memsv_cli.data.training import detect_type
+
+    assert detect_type(corpus["shard"]) == "shard" and detect_type(corpus["raw"]) == "raw"
     with pytest.raises(MemsvError, match="speed_perturb' needs data.type raw or shard"):
-        resolve_config(None, ["data.speed_perturb=true"])
+        resolve_config(None, ["data.type=feat", "data.speed_perturb=true"])
     with pytest.raises(MemsvError, match="aug_prob' > 0 needs data.aug_sources"):
         resolve_config(None, ["data.type=raw", "data.aug_prob=0.6"])
+    # auto: decided once the dir is read
+    cfg = resolve_config(None, [*ONLINE, f"data.dir={corpus['raw']}", "data.aug_prob=0.6"])
+    with pytest.raises(MemsvError, match="holds audio and data.aug_prob is 0.6: set data.aug_sources"):
+        train(cfg, tmp_path / "no_sources")
+    with pytest.raises(MemsvError, match="no shard.list, feats.scp, wav.scp: not a training dir"):
+        train(resolve_config(None, [*ONLINE, f"data.dir={tmp_path}"]), tmp_path / "nothing")

@@ -40,6 +40,7 @@ class LoaderOptions:
     speed_perturb: bool = False
     dither: float = 1.0
     aug_sources: dict[str, str | None] | None = None  # rirs, noise, music, babble data dirs
+    aug_root: str | None = None  # run.sh's layout: rirs, musan_noise, musan_music, musan_speech
     aug_weights: dict[str, float] | None = None
     shuffle_buffer: int = 2500
 
@@ -78,7 +79,7 @@ class TrainingSource:
         """The online processing of the raw and shard types."""
         from memsv_cli.data import online
 
-        dirs = {k: v for k, v in (opts.aug_sources or {}).items() if v}
+        dirs = aug_source_dirs(opts.aug_sources, opts.aug_root)
         sources = None
         if opts.aug_prob > 0 and dirs:
             sources = online.AugmentSources(**dirs, category_weights=opts.aug_weights)
@@ -103,9 +104,42 @@ class TrainingSource:
         return plan, ChunkDataset(self.data, opts.chunk_frames, opts.spec_aug, opts.aug_prob)
 
 
+#: data.aug_root's layout (run.sh stage 1): kind -> subdir
+AUG_ROOT_LAYOUT = {"rirs": "rirs", "noise": "musan_noise", "music": "musan_music", "babble": "musan_speech"}
+
+
+def aug_source_dirs(sources: dict[str, str | None] | None, root: str | None) -> dict[str, str]:
+    """The augmentation data dirs by kind: ``root``'s layout where present, ``sources`` where set."""
+    dirs = {}
+    if root:
+        for kind, sub in AUG_ROOT_LAYOUT.items():
+            if (Path(root) / sub / "wav.scp").is_file():
+                dirs[kind] = str(Path(root) / sub)
+    return {**dirs, **{k: v for k, v in (sources or {}).items() if v}}
+
+
+#: what marks a training dir of each type, in the order ``auto`` looks for them
+TYPE_MARKERS = {"shard": "shard.list", "feat": "feats.scp", "raw": "wav.scp"}
+
+
+def detect_type(data_dir: str | Path) -> str:
+    """``data.type: auto``: shard for a make-shards dir, feat for an extract-fbank dir, raw for a data dir."""
+    for kind, marker in TYPE_MARKERS.items():
+        if (Path(data_dir) / marker).is_file():
+            return kind
+    markers = ", ".join(TYPE_MARKERS.values())
+    raise MemsvError(
+        f"{data_dir}: no {markers}: not a training dir (make-shards, extract-fbank or prepare-data)"
+    )
+
+
 def load_training_source(kind: str, data_dir: str | Path, fbank: FbankConfig | None = None) -> TrainingSource:
-    """Read and check a training dir of data type ``kind`` (feat, raw, shard)."""
+    """Read and check a training dir of data type ``kind`` (feat, raw, shard, or auto)."""
     loaders = {"feat": load_training_data, "raw": load_audio_data, "shard": load_shard_data}
+    if kind == "auto":
+        if not Path(data_dir).is_dir():
+            raise MemsvError(f"{data_dir}: no such data directory")
+        kind = detect_type(data_dir)
     if kind not in loaders:
         raise MemsvError(f"unknown data.type {kind!r}; choose one of {', '.join(loaders)}")
     return TrainingSource(kind, loaders[kind](data_dir), fbank or FbankConfig())

@@ -28,8 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "data": {
         # WeSpeaker's data types: feat (feats.scp of extract-fbank), raw (wav.scp, audio read per
-        # utterance), shard (shard.list of make-shards: tar shards read sequentially)
-        "type": "feat",
+        # utterance), shard (shard.list of make-shards: tar shards read sequentially); auto: what the
+        # data dir holds (shard.list, else feats.scp, else wav.scp)
+        "type": "auto",
         "dir": None,  # training dir (feats.scp / wav.scp / shard.list, + utt2spk); set by --data
         "chunk_frames": 200,  # frames per training chunk (10 ms each)
         # Online augmentation (raw, shard), in the DataLoader workers, WeSpeaker's chain: speed
@@ -40,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
         "speed_perturb": False,
         "aug_prob": 0.0,
         "aug_sources": {"rirs": None, "noise": None, "music": None, "babble": None},
+        # or a dir holding them as run.sh stage 1 lays them out: rirs, musan_noise, musan_music,
+        # musan_speech (babble); a kind set in aug_sources wins
+        "aug_root": None,
         # relative weights of the additive kinds; null: every file equally likely (WeSpeaker), so the
         # kinds weigh by their file counts
         "aug_weights": None,
@@ -113,6 +117,7 @@ RUNTIME_KEYS: tuple[str, ...] = (
     "data.aug_sources.noise",
     "data.aug_sources.music",
     "data.aug_sources.babble",
+    "data.aug_root",
     "train.num_workers",
     "train.log_interval",
     "train.progress",
@@ -137,7 +142,7 @@ KEPT_ON_SWITCH: dict[str, tuple[str, ...]] = {
 EIGHT_BIT_ONLY_ARGS = ("block_size", "min_8bit_size", "optim_bits")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-DATA_TYPES = ("feat", "raw", "shard")
+DATA_TYPES = ("auto", "feat", "raw", "shard")
 
 
 class _Loader(yaml.SafeLoader):
@@ -279,8 +284,8 @@ def _validate_online(data: dict[str, Any]) -> None:
             "config key 'data.speed_perturb' needs data.type raw or shard (online audio); for feat, make "
             "offline copies with `memsv speed-perturb` before extract-fbank"
         )
-    online = data["type"] != "feat"
-    if online and data["aug_prob"] > 0 and not any(data["aug_sources"].values()):
+    online = data["type"] in ("raw", "shard")  # auto: checked again once the dir tells
+    if online and data["aug_prob"] > 0 and not (any(data["aug_sources"].values()) or data["aug_root"]):
         raise MemsvError(
             "config key 'data.aug_prob' > 0 needs data.aug_sources (rirs, noise, music, babble: the RIR "
             "and MUSAN data dirs that stage 1 prepares)"
@@ -322,6 +327,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
         (f"data.aug_sources.{k}", lambda v: v is None or isinstance(v, str), "must be a data dir or null")
         for k in ("rirs", "noise", "music", "babble")
     ),
+    ("data.aug_root", lambda v: v is None or isinstance(v, str), "must be a data dir or null"),
     ("data.aug_weights", lambda v: v is None or isinstance(v, dict), "must be a mapping of kinds or null"),
     ("data.dither", lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
     ("data.shuffle_buffer", _int_at_least(1), "must be an integer >= 1"),

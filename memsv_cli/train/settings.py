@@ -24,6 +24,7 @@ class DataSettings:
     speed_perturb: bool  # raw/shard: 0.9 / 1.0 / 1.1 as new speaker classes
     aug_prob: float  # probability of reverb or additive noise (feat: of an offline copy)
     aug_sources: dict[str, str | None]  # data dirs: rirs, noise, music, babble (speech)
+    aug_root: str | None  # a dir with rirs, musan_noise, musan_music, musan_speech
     aug_weights: dict[str, float] | None  # relative weights of the additive kinds
     dither: float  # fbank dither in training (raw/shard), in int16 sample units
     shuffle_buffer: int  # shard: samples per worker's shuffle buffer

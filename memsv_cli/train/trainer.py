@@ -29,7 +29,13 @@ from torch.utils.data import DataLoader
 
 from memsv_cli.data.dataset import SpecAugment
 from memsv_cli.data.sampler import EpochPlan
-from memsv_cli.data.training import LoaderOptions, TrainingSource, load_training_source, make_loader
+from memsv_cli.data.training import (
+    LoaderOptions,
+    TrainingSource,
+    aug_source_dirs,
+    load_training_source,
+    make_loader,
+)
 from memsv_cli.errors import MemsvError
 from memsv_cli.sizes import format_bytes
 from memsv_cli.train import checkpoint as ckpt
@@ -190,8 +196,20 @@ class Trainer:
     def _load_data(self, payload: dict[str, Any] | None) -> TrainingSource:
         d = self.s.data
         if not d.dir:
-            raise MemsvError(f"no training data: pass --data DIR (a data.type {d.type} dir)")
+            raise MemsvError(
+                "no training data: pass --data DIR (make-shards, extract-fbank or prepare-data dir)"
+            )
         source = load_training_source(d.type, d.dir)
+        if source.kind == "feat" and d.speed_perturb:
+            raise MemsvError(
+                f"{source.path} holds features: data.speed_perturb needs audio (data.type raw or shard); "
+                "set data.speed_perturb=false (speed-perturb features offline: memsv speed-perturb)"
+            )
+        if source.kind != "feat" and d.aug_prob > 0 and not aug_source_dirs(d.aug_sources, d.aug_root):
+            raise MemsvError(
+                f"{source.path} holds audio and data.aug_prob is {d.aug_prob:g}: set data.aug_sources "
+                "(rirs, noise, music, babble data dirs; run.sh stage 1 prepares them) or data.aug_prob=0"
+            )
         if source.feat_dim != self.s.model.feat_dim:
             raise MemsvError(
                 f"{source.path} gives {source.feat_dim}-dim features but model.args.feat_dim is "
@@ -207,9 +225,10 @@ class Trainer:
         """This rank's epoch plan; keeps the dataset for the DataLoader."""
         d, tc = self.s.data, self.s.train
         opts = LoaderOptions(
-            d.chunk_frames, tc.batch_size, self.s.seed, self.info.rank, self.info.world_size,
-            tc.accum_steps, SpecAugment(**d.spec_aug_args) if d.spec_aug else None, d.aug_prob,
-            d.speed_perturb, d.dither, d.aug_sources, d.aug_weights, d.shuffle_buffer,
+            d.chunk_frames, tc.batch_size, self.s.seed, self.info.rank, self.info.world_size, tc.accum_steps,
+            spec_aug=SpecAugment(**d.spec_aug_args) if d.spec_aug else None, aug_prob=d.aug_prob,
+            speed_perturb=d.speed_perturb, dither=d.dither, aug_sources=d.aug_sources, aug_root=d.aug_root,
+            aug_weights=d.aug_weights, shuffle_buffer=d.shuffle_buffer,
         )  # fmt: skip
         plan, self.dataset = source.plan_and_dataset(opts)
         return plan

@@ -5,6 +5,7 @@
 #
 #   ./run.sh                                   # the whole pipeline on real VoxCeleb (stages 1-7)
 #   ./run.sh --data mini                       # the same stages on the synthetic mini corpus (CPU, minutes)
+#   ./run.sh --data hnm                        # ... on the second synthetic corpus (made differently)
 #   ./run.sh --stage 3 --stop_stage 3 --config conf/rev_resnet34_sgd8bit.yaml --exp_dir exp/rev_resnet34_sgd8bit
 #
 # Every variable below can be set on the command line (--name value; dashes or underscores), see
@@ -21,27 +22,35 @@ cd "$(dirname "$0")"
 
 stage=1
 stop_stage=7
-data=voxceleb              # voxceleb | mini (the synthetic corpus; `make demo`)
+data=voxceleb              # voxceleb | mini | hnm (synthetic corpora: `make demo` runs mini)
 
 # Locations. Empty means "the default of --data" (filled in below).
 data_dir=                  # Kaldi data directories
 fbank_dir=                 # features
+shard_dir=                 # tar shards of the training set (data_type shard)
 download_dir=              # archives (VoxCeleb zips, musan.tar.gz, rirs_noises.zip, trial lists)
 raw_dir=                   # extracted corpora
 config=                    # training config
 exp_dir=                   # experiment directory
 
 # Sets
-train_set=                 # training data dir name (vox2_dev | mini_train)
-eval_set=                  # evaluation data dir name, holding trials/ (vox1 | mini_test)
+train_set=                 # training data dir name (vox2_dev | mini_train | hnm_train)
+eval_set=                  # evaluation data dir name, holding trials/ (vox1 | mini_test | hnm_test)
 trials=                    # trial lists in <data_dir>/<eval_set>/trials/
 
-# Augmentation (stage 1), Kaldi style: copies written next to the clean set, then combined with it
+# Training data (WeSpeaker's names): shard (tar shards of raw audio read sequentially), raw (wav.scp) or
+# feat (fbank arks). shard and raw augment on the fly in the DataLoader workers as the config says
+# (data.speed_perturb, data.aug_prob: WeSpeaker's 0.9/1.0/1.1 and 0.6), with the MUSAN / RIR lists that
+# stage 1 prepares; feat trains on features extracted once, with the offline copies below if asked.
+data_type=shard
+
+# Offline augmentation (stage 1, data_type feat only), Kaldi style: copies written next to the clean
+# set, then combined with it; an epoch still draws one sample per original utterance (data.aug_prob)
 speed_perturb=false        # add sp0.9- / sp1.1- copies as new speakers (sox pipes in wav.scp)
 aug=false                  # add augmented copies of the training set
 aug_types="reverb noise music babble"
 aug_num_utts=              # utterances per augmentation type (empty: all; Kaldi v2 keeps 1M of 4M)
-mini_opts=                 # `memsv prepare-data --corpus mini` options (corpus size, seed)
+mini_opts=                 # `memsv prepare-data --corpus mini|hnm` options (corpus size, seed)
 vox2_to_wav=false          # convert VoxCeleb2 m4a to wav once (local/m4a2wav.sh) instead of ffmpeg pipes
 
 # Compute
@@ -68,33 +77,49 @@ lm_exp_dir=                # default: <exp_dir>-LM
 lm_chunk_frames=600        # WeSpeaker: 6 s chunks ...
 lm_margin=0.5              # ... a fixed large margin ...
 lm_epochs=5                # ... for 5 epochs at LR 1e-4 -> 2.5e-5 (1 warm-up epoch)
+lm_batch_size=64           # per GPU (WeSpeaker's LM configs)
 lm_opts=                   # extra `memsv train` arguments for stage 8
 
-help_message="usage: ./run.sh [--data voxceleb|mini] [--stage N] [--stop_stage N] [--config conf/X.yaml] [--exp_dir exp/X] ..."
+help_message="usage: ./run.sh [--data voxceleb|mini|hnm] [--stage N] [--stop_stage N] [--config conf/X.yaml] [--exp_dir exp/X] ..."
 . tools/parse_options.sh || exit 1
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
 
 case $data in
   voxceleb)
-    : "${data_dir:=data}" "${fbank_dir:=fbank}" "${download_dir:=data/download_data}" "${raw_dir:=data/raw_data}"
+    : "${data_dir:=data}" "${fbank_dir:=fbank}" "${shard_dir:=shards}" "${download_dir:=data/download_data}"
+    : "${raw_dir:=data/raw_data}"
     : "${config:=conf/resnet34.yaml}" "${train_set:=vox2_dev}" "${eval_set:=vox1}"
     : "${trials:=vox1_O_cleaned.kaldi vox1_E_cleaned.kaldi vox1_H_cleaned.kaldi}" "${nj:=16}"
     ;;
-  mini)
-    : "${data_dir:=data/mini}" "${fbank_dir:=fbank/mini}" "${download_dir:=data/download_data}"
-    : "${raw_dir:=data/mini}" "${config:=conf/mini_fast.yaml}" "${train_set:=mini_train}" "${eval_set:=mini_test}"
-    : "${trials:=mini.kaldi}" "${nj:=2}"
+  mini|hnm)
+    : "${data_dir:=data/$data}" "${fbank_dir:=fbank/$data}" "${shard_dir:=shards/$data}"
+    : "${download_dir:=data/download_data}"
+    : "${raw_dir:=data/$data}" "${config:=conf/mini_fast.yaml}" "${train_set:=${data}_train}"
+    : "${eval_set:=${data}_test}" "${trials:=$data.kaldi}" "${nj:=2}"
+    : "${exp_dir:=exp/$(basename "$config" .yaml | sed "s/^mini/$data/")}"  # exp/mini_fast, exp/hnm_fast
     ;;
-  *) echo "$0: --data must be voxceleb or mini, got '$data'" >&2; exit 1 ;;
+  *) echo "$0: --data must be voxceleb, mini or hnm, got '$data'" >&2; exit 1 ;;
 esac
 : "${exp_dir:=exp/$(basename "$config" .yaml)}"
 : "${lm_exp_dir:=${exp_dir}-LM}"
 [ -f "$config" ] || { echo "$0: config $config not found (see conf/)" >&2; exit 1; }
 
-# The training set after stage 1's optional speed perturbation and augmentation.
+case $data_type in
+  shard|raw) online=true ;;
+  feat) online=false ;;
+  *) echo "$0: --data_type must be shard, raw or feat, got '$data_type'" >&2; exit 1 ;;
+esac
+if $online && { $speed_perturb || $aug; }; then
+  echo "$0: --speed_perturb/--aug make offline copies for --data_type feat; $data_type augments on the fly" >&2
+  exit 1
+fi
+# The training set after stage 1's optional (offline) speed perturbation and augmentation.
 train_data=$train_set
 $speed_perturb && train_data=${train_data}_sp
 $aug && train_data=${train_data}_aug
+# Augmentation sources (MUSAN / RIR lists) are prepared for online augmentation and offline copies.
+aug_sources=false
+{ $online || $aug; } && aug_sources=true
 
 gpus=${gpus//[\[\] ]/}
 num_gpus=0
@@ -107,26 +132,30 @@ t_start=$SECONDS
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   log 1 "prepare data ($data) in $data_dir"
   if [ $data = voxceleb ]; then
-    local/download_data.sh --download_dir "$download_dir" --fetch_aug "$aug"
+    local/download_data.sh --download_dir "$download_dir" --fetch_aug "$aug_sources"
     local/prepare_vox2.sh --download_dir "$download_dir" --raw_dir "$raw_dir" --to_wav "$vox2_to_wav" \
       --nj "$nj" "$data_dir"
     local/prepare_vox1.sh --download_dir "$download_dir" --raw_dir "$raw_dir" "$data_dir"
-    if $aug; then
+    if $aug_sources; then
       local/prepare_musan.sh --download_dir "$download_dir" --raw_dir "$raw_dir" "$data_dir"
       local/prepare_rirs.sh --download_dir "$download_dir" --raw_dir "$raw_dir" "$data_dir"
     fi
     babble_source=$data_dir/musan_speech
   else
     # shellcheck disable=SC2086
-    memsv prepare-data --corpus mini --out "$data_dir" --nj "$nj" $mini_opts
+    memsv prepare-data --corpus "$data" --out "$data_dir" --nj "$nj" $mini_opts
     # Stand-ins for MUSAN / RIRS_NOISES; babble uses the training speech itself (never the test set).
-    if $aug; then
+    if $aug_sources; then
       memsv make-aug-sources "$data_dir/aug_sources"
       for kind in noise music; do ln -sfn "aug_sources/$kind" "$data_dir/musan_$kind"; done
       ln -sfn aug_sources/rirs "$data_dir/rirs"
+      ln -sfn "$train_set" "$data_dir/musan_speech"
     fi
     babble_source=$data_dir/$train_set
   fi
+  for x in musan_noise musan_music musan_speech rirs; do
+    $aug_sources && { [ -f "$data_dir/$x/wav.scp" ] || { echo "$0: stage 1 made no $data_dir/$x" >&2; exit 1; }; }
+  done
 
   src=$train_set
   if $speed_perturb; then
@@ -156,46 +185,43 @@ fi
 
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
-  # The clean training set is needed too: its embeddings give the mean and the AS-norm cohort.
-  for x in $(echo "$train_data $train_set $eval_set" | tr ' ' '\n' | awk '!seen[$0]++'); do
+  # Features of the evaluation set and of the clean training set (its embeddings give the mean and the
+  # AS-norm cohort); of the (augmented) training set when training on features.
+  feat_sets="$train_set $eval_set"
+  [ $data_type = feat ] && feat_sets="$train_data $feat_sets"
+  for x in $(echo "$feat_sets" | tr ' ' '\n' | awk '!seen[$0]++'); do
     log 2 "fbank: $data_dir/$x -> $fbank_dir/$x"
     memsv extract-fbank "$data_dir/$x" "$fbank_dir/$x" --nj "$nj"
   done
+  if [ $data_type = shard ]; then
+    log 2 "shards: $data_dir/$train_set -> $shard_dir/$train_set"
+    memsv make-shards "$data_dir/$train_set" "$shard_dir/$train_set" --nj "$nj"
+  fi
 fi
 
-# memsv train (stages 3 and 8): through torchrun over the GPUs (or with --max_restarts > 0), else
-# directly. A worker group that torchrun restarts resumes from the newest checkpoint by itself. A stop
-# signal (preemption, Ctrl-C) ends memsv train with a checkpoint but no finished model: the recipe stops
-# there instead of averaging a half-trained one.
-run_train() {  # run_train <stage> <rdzv_id> <exp_dir> <memsv train arguments...>
-  local stage_now=$1 id=$2 exp=$3 nproc=1 device=()
-  shift 3
-  if [ "$num_gpus" -ge 1 ]; then
-    export CUDA_VISIBLE_DEVICES=$gpus
-    nproc=$num_gpus device=(--device cuda)
-  fi
-  if [ "$num_gpus" -ge 1 ] || [ "$max_restarts" -gt 0 ]; then
-    # torchrun's agent must not share its rendezvous store with the workers' process group, or a
-    # restarted group can read the dead group's addresses and hang (pytorch#135712)
-    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
-    local launcher=(torchrun --nnodes="$num_nodes" --nproc_per_node="$nproc" --max_restarts="$max_restarts"
-                    --rdzv_backend="$rdzv_backend" --rdzv_endpoint="$master_addr:$master_port" --rdzv_id="$id")
-    [ "$rdzv_backend" = static ] && launcher+=(--node_rank="$node_rank" --master_addr="$master_addr"
-                                               --master_port="$master_port")
-    "${launcher[@]}" -m memsv_cli "$@" ${device[@]+"${device[@]}"}
+# The training dir and the `memsv train` options of the data type (one per line): which reader, and
+# the augmentation sources (absolute paths: the config.yaml of the experiment keeps them).
+train_dir() {
+  case $data_type in
+    shard) echo "$shard_dir/$train_set" ;;
+    raw) echo "$data_dir/$train_set" ;;
+    feat) echo "$fbank_dir/$train_data" ;;
+  esac
+}
+data_args() {
+  printf -- '--data\n%s\n--set\ndata.type=%s\n' "$(train_dir)" "$data_type"
+  if $online; then  # stage 1's rirs, musan_noise, musan_music, musan_speech
+    printf -- '--set\ndata.aug_root=%s\n' "$(cd "$data_dir" && pwd)"
   else
-    memsv "$@"
-  fi
-  if [ ! -e "$exp/models/final_model.pt" ]; then
-    echo "$0: training in $exp stopped before its last epoch; continue it with --stage ${stage_now} --resume true" >&2
-    exit 1
+    printf -- '--set\ndata.speed_perturb=false\n'  # features are speed-perturbed offline (sp copies)
   fi
 }
 
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  log 3 "train $config on $fbank_dir/$train_data -> $exp_dir ($num_gpus GPU(s) x $num_nodes node(s))"
-  args=(train --config "$config" --data "$fbank_dir/$train_data" --exp-dir "$exp_dir")
+  log 3 "train $config on $(train_dir) ($data_type) -> $exp_dir ($num_gpus GPU(s) x $num_nodes node(s))"
+  mapfile -t dargs < <(data_args)
+  args=(train --config "$config" --exp-dir "$exp_dir" "${dargs[@]}")
   $resume && args+=(--resume)
   [ -n "$num_avg" ] && args+=(--set "train.num_avg=$num_avg")
   # shellcheck disable=SC2206  # train_opts is a word list on purpose
@@ -264,12 +290,16 @@ fi
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   log 8 "large-margin fine-tuning of $exp_dir/models/avg_model.pt -> $lm_exp_dir"
+  # WeSpeaker's *_lm configs: batch 64, 6-s chunks, a fixed margin 0.5, LR 1e-4 -> 2.5e-5, no speed
+  # perturbation (the head is sliced back to the original speakers when it had 3 x as many classes)
   lm_sets=(data.chunk_frames="$lm_chunk_frames" margin_scheduler.initial_margin="$lm_margin"
            margin_scheduler.final_margin="$lm_margin" margin_scheduler.increase_start_epoch=0
            margin_scheduler.fix_start_epoch=0 scheduler.initial_lr=1.0e-4 scheduler.final_lr=2.5e-5
            scheduler.warm_up_epochs=1 scheduler.warm_from_zero=false train.epochs="$lm_epochs"
-           train.num_avg=1 train.init_model="$exp_dir/models/avg_model.pt")
-  lm_args=(train --config "$exp_dir/config.yaml" --data "$fbank_dir/$train_data" --exp-dir "$lm_exp_dir")
+           train.num_avg=1 train.init_model="$exp_dir/models/avg_model.pt" train.batch_size="$lm_batch_size"
+           data.speed_perturb=false)
+  mapfile -t dargs < <(data_args)
+  lm_args=(train --config "$exp_dir/config.yaml" --exp-dir "$lm_exp_dir" "${dargs[@]}")
   for kv in "${lm_sets[@]}"; do lm_args+=(--set "$kv"); done
   $resume && lm_args+=(--resume)
   # shellcheck disable=SC2206
