@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from memsv_cli.data.kaldi_dir import load_data_dir, read_table, write_data_dir
 
@@ -245,45 +247,41 @@ def _missing_commands() -> list[str]:
     return [c for c in STAGES_CLI if c not in names]
 
 
+def _recipe_copy(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A private copy of the recipe (configs, scripts; symlinks to local/ and tools/ resolved), so a
+    run writes nothing into the checkout."""
+    recipe = tmp_path_factory.mktemp(name) / "voxceleb"
+    shutil.copytree(
+        RECIPE,
+        recipe,
+        symlinks=False,
+        ignore=shutil.ignore_patterns("data", "fbank", "shards", "exp", "mini"),
+    )
+    return recipe
+
+
+TINY_CORPUS = [
+    "--mini_opts",
+    "--num-speakers 6 --utts-per-speaker 6 --num-test-speakers 4 --test-utts-per-speaker 4",
+]
+TINY_TRAIN = (
+    "--epochs 2 --batch-size 12 --set model.args.base_width=4 --set model.args.embed_dim=32 "
+    "--set data.chunk_frames=64 --set train.num_avg=2"
+)
+
+
 @pytest.fixture(scope="module")
 def mini_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The default path (shards, WeSpeaker's online chain with speed perturbation), stages 1-8."""
     missing = _missing_commands()
     if missing:
         pytest.fail(f"memsv commands missing: {', '.join(missing)}")
-    work = tmp_path_factory.mktemp("recipe")
-    recipe = work / "voxceleb"
-    # A private copy of the recipe (configs, scripts; symlinks to local/ and tools/ resolved), so the
-    # run writes nothing into the checkout.
-    shutil.copytree(
-        RECIPE, recipe, symlinks=False, ignore=shutil.ignore_patterns("data", "fbank", "exp", "mini")
-    )
-    common = ["--data", "mini", "--exp_dir", "exp/tiny", "--nj", "2"]
-    common += [
-        "--mini_opts",
-        "--num-speakers 6 --utts-per-speaker 6 --num-test-speakers 4 --test-utts-per-speaker 4",
-    ]
-    common += [
-        "--train_opts",
-        "--epochs 2 --batch-size 12 --set model.args.base_width=4 "
-        "--set model.args.embed_dim=32 --set data.chunk_frames=64 --set train.num_avg=2",
-    ]
+    recipe = _recipe_copy(tmp_path_factory, "recipe")
+    common = ["--data", "mini", "--exp_dir", "exp/tiny", "--nj", "2", *TINY_CORPUS]
+    common += ["--train_opts", TINY_TRAIN + " --set data.speed_perturb=true --set data.aug_prob=0.6"]
     common += ["--profile_opts", "--batch-size 4 --frames 64", "--lm_epochs", "1", "--lm_chunk_frames", "96"]
-    first = run(
-        [
-            str(recipe / "run.sh"),
-            *common,
-            "--speed_perturb",
-            "true",
-            "--aug",
-            "true",
-            "--aug_types",
-            "reverb noise music babble",
-            "--stop_stage",
-            "8",
-        ],
-        cwd=recipe,
-        timeout=900,
-    )
+    common += ["--lm_batch_size", "12"]
+    first = run([str(recipe / "run.sh"), *common, "--stop_stage", "8"], cwd=recipe, timeout=900)
     return {"recipe": recipe, "common": common, "first": first}
 
 
@@ -293,16 +291,21 @@ def test_mini_recipe_runs_every_stage(mini_run: dict) -> None:
     recipe: Path = mini_run["recipe"]
     out = mini_run["first"].stdout + mini_run["first"].stderr
     data, exp = recipe / "data" / "mini", recipe / "exp" / "tiny"
-    # stage 1: corpus + speed perturbation (new speakers) + 4 augmented copies, combined
+    # stage 1: the corpus and the stand-ins for MUSAN / RIRs (babble: the training speech)
     train = load_data_dir(data / "mini_train")
-    combined = load_data_dir(data / "mini_train_sp_aug")
-    assert len(combined.wav_scp) == 3 * len(train.wav_scp) * 5
-    assert len(combined.spk2utt) == 3 * len(train.spk2utt)
-    # stage 2: features for the augmented training set, the clean one and the test set
-    for x in ("mini_train_sp_aug", "mini_train", "mini_test"):
+    for kind in ("musan_noise", "musan_music", "musan_speech", "rirs"):
+        assert (data / kind / "wav.scp").is_file()
+    # stage 2: shards of the training set; features of the clean training set and the test set
+    shards = recipe / "shards" / "mini" / "mini_train"
+    assert read_table(shards / "utt2spk") == read_table(data / "mini_train" / "utt2spk")
+    for x in ("mini_train", "mini_test"):
         assert (recipe / "fbank" / "mini" / x / "feats.scp").is_file()
-    # stage 3-4: checkpoints, averaged model, embeddings
-    assert (exp / "models" / "avg_model.pt").is_file()
+    # stage 3-4: trained from the shards, with speed perturbation (3 x the speakers as classes)
+    config = yaml.safe_load((exp / "config.yaml").read_text())
+    assert config["data"]["type"] == "shard" and config["data"]["dir"].endswith("shards/mini/mini_train")
+    assert config["data"]["aug_root"].endswith("data/mini")
+    head = torch.load(exp / "models" / "avg_model.pt", weights_only=False)["head"]["weight"]
+    assert head.shape[0] == 3 * len(train.spk2utt)
     assert (exp / "train_curve.png").is_file()
     assert (exp / "embeddings" / "mini_test" / "xvector.scp").is_file()
     # stage 5-6: score files, results and DET plots
@@ -315,16 +318,42 @@ def test_mini_recipe_runs_every_stage(mini_run: dict) -> None:
     # stage 7: memory profile of the trained setup (read back from the run's config)
     memory = json.loads((exp / "memory.json").read_text())
     assert memory["model"] == "rev_resnet18" and memory["setup"]["optimizer"] == "adam8bit"
-    assert memory["setup"]["base_width"] == 4 and memory["setup"]["num_speakers"] == len(combined.spk2utt)
-    assert memory["bytes"]["total"] > 0
-    # stage 8: large-margin fine-tuning from the averaged model
+    assert memory["setup"]["base_width"] == 4 and memory["bytes"]["total"] > 0
+    # stage 8: large-margin fine-tuning from the averaged model: no speed perturbation, head sliced back
     lm = recipe / "exp" / "tiny-LM"
-    lm_config = (lm / "config.yaml").read_text()
-    assert "chunk_frames: 96" in lm_config and "final_margin: 0.5" in lm_config
-    assert "avg_model.pt" in lm_config
+    lm_config = yaml.safe_load((lm / "config.yaml").read_text())
+    assert lm_config["data"]["chunk_frames"] == 96 and lm_config["margin_scheduler"]["final_margin"] == 0.5
+    assert lm_config["data"]["speed_perturb"] is False and lm_config["train"]["batch_size"] == 12
+    assert lm_config["train"]["init_model"].endswith("avg_model.pt")
+    lm_head = torch.load(lm / "models" / "avg_model.pt", weights_only=False)["head"]["weight"]
+    assert lm_head.shape[0] == len(train.spk2utt)
+    assert "head from its first 6 of 18 classes" in (lm / "train.log").read_text()
     assert (lm / "scores_asnorm" / "mini.kaldi.score").is_file()
     # the tables the demo promises
     assert "EER (%)" in out and "minDCF" in out and "optimizer states" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_feat_path_with_offline_copies_draws_one_per_original(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """--data_type feat with Kaldi-style speed-perturbed and augmented copies (stages 1-3)."""
+    recipe = _recipe_copy(tmp_path_factory, "feat")
+    args = [str(recipe / "run.sh"), "--data", "mini", "--exp_dir", "exp/feat", "--nj", "2", *TINY_CORPUS]
+    args += ["--data_type", "feat", "--speed_perturb", "true", "--aug", "true", "--aug_types", "reverb noise"]
+    args += ["--train_opts", TINY_TRAIN.replace("--epochs 2", "--epochs 1"), "--stop_stage", "3"]
+    run(args, cwd=recipe, timeout=900)
+    data = recipe / "data" / "mini"
+    train, combined = load_data_dir(data / "mini_train"), load_data_dir(data / "mini_train_sp_aug")
+    assert len(combined.wav_scp) == 3 * len(train.wav_scp) * 3  # 3 speeds x (clean + 2 copies)
+    assert (recipe / "fbank" / "mini" / "mini_train_sp_aug" / "feats.scp").is_file()
+    log = (recipe / "exp" / "feat" / "train.log").read_text()
+    # an epoch is one pass over the 36 originals, not over the 324 copies
+    assert "on 36 feat utts of 18 speakers" in log and "3 steps/epoch" in log
+    # offline copies are for feat only: the online path refuses them
+    done = run([str(recipe / "run.sh"), "--data", "mini", "--aug", "true"], cwd=recipe, check=False)
+    assert done.returncode == 1 and "augments on the fly" in done.stderr
 
 
 @pytest.mark.slow
@@ -335,33 +364,15 @@ def test_single_stage_reruns_from_the_previous_stage_files(mini_run: dict) -> No
     scores = exp / "scores" / "results.json"
     before = json.loads(scores.read_text())
     scores.unlink()
-    run(
-        [
-            str(recipe / "run.sh"),
-            *mini_run["common"],
-            "--speed_perturb",
-            "true",
-            "--aug",
-            "true",
-            "--stage",
-            "5",
-            "--stop_stage",
-            "5",
-        ],
-        cwd=recipe,
-    )
+    run([str(recipe / "run.sh"), *mini_run["common"], "--stage", "5", "--stop_stage", "5"], cwd=recipe)
     assert json.loads(scores.read_text()) == before  # same embeddings -> same scores
 
 
 def _stage_3(mini_run: dict, exp: str, fault: str, *extra: str) -> subprocess.CompletedProcess:
-    """Stage 3 alone into ``exp`` (1 epoch, a step checkpoint every 2 steps) with a fault injected."""
+    """Stage 3 alone into ``exp`` (2 epochs of 3 steps, a step checkpoint every 2) with a fault."""
     recipe: Path = mini_run["recipe"]
-    opts = (
-        "--epochs 1 --batch-size 12 --set model.args.base_width=4 --set model.args.embed_dim=32 "
-        "--set data.chunk_frames=64 --set train.num_avg=1 --set train.save_every_steps=2"
-    )
-    args = [str(recipe / "run.sh"), *mini_run["common"], "--speed_perturb", "true", "--aug", "true"]
-    args += ["--exp_dir", exp, "--train_opts", opts, *extra]
+    opts = TINY_TRAIN.replace("train.num_avg=2", "train.num_avg=1") + " --set train.save_every_steps=2"
+    args = [str(recipe / "run.sh"), *mini_run["common"], "--exp_dir", exp, "--train_opts", opts, *extra]
     return run(args, cwd=recipe, check=False, env={"MEMSV_FAULT_INJECT": fault}, timeout=600)
 
 

@@ -300,6 +300,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _aug_weights_ok(value: Any) -> bool:
+    if value is None:
+        return True
+    return (
+        isinstance(value, dict)
+        and set(value) <= {"noise", "music", "babble"}
+        and all(_is_number(w) and w >= 0 for w in value.values())
+        and sum(value.values()) > 0
+    )
+
+
 def _int_at_least(low: int, allow_none: bool = False) -> Callable[[Any], bool]:
     return lambda v: (allow_none and v is None) or (_is_int(v) and v >= low)
 
@@ -328,7 +339,11 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
         for k in ("rirs", "noise", "music", "babble")
     ),
     ("data.aug_root", lambda v: v is None or isinstance(v, str), "must be a data dir or null"),
-    ("data.aug_weights", lambda v: v is None or isinstance(v, dict), "must be a mapping of kinds or null"),
+    (
+        "data.aug_weights",
+        _aug_weights_ok,
+        "must be null or a mapping of noise / music / babble to weights >= 0",
+    ),
     ("data.dither", lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
     ("data.shuffle_buffer", _int_at_least(1), "must be an integer >= 1"),
     ("data.max_bad_fraction", lambda v: _is_number(v) and 0 <= v <= 1, "must be a fraction in [0, 1]"),

@@ -98,6 +98,13 @@ def _init_worker(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     ignore_in_worker()
+    # Workers take what the training process leaves: on a CPU box every core also runs the model's
+    # threads, and an equal-priority worker pre-empting one of them stalls the whole parallel region
+    # (2 cores, online augmentation: 45 s -> 33 s for 3 demo epochs; docs/results.md).
+    os.nice(WORKER_NICE)
+
+
+WORKER_NICE = 19  # the lowest priority: DataLoader workers run when the training process waits
 
 
 def restart_count() -> int:
