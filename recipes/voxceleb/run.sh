@@ -199,6 +199,35 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   fi
 fi
 
+# memsv train (stages 3 and 8): through torchrun over the GPUs (or with --max_restarts > 0), else
+# directly. A worker group that torchrun restarts resumes from the newest checkpoint by itself. A stop
+# signal (preemption, Ctrl-C) ends memsv train with a checkpoint but no finished model: the recipe stops
+# there instead of averaging a half-trained one.
+run_train() {  # run_train <stage> <rdzv_id> <exp_dir> <memsv train arguments...>
+  local stage_now=$1 id=$2 exp=$3 nproc=1 device=()
+  shift 3
+  if [ "$num_gpus" -ge 1 ]; then
+    export CUDA_VISIBLE_DEVICES=$gpus
+    nproc=$num_gpus device=(--device cuda)
+  fi
+  if [ "$num_gpus" -ge 1 ] || [ "$max_restarts" -gt 0 ]; then
+    # torchrun's agent must not share its rendezvous store with the workers' process group, or a
+    # restarted group can read the dead group's addresses and hang (pytorch#135712)
+    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    local launcher=(torchrun --nnodes="$num_nodes" --nproc_per_node="$nproc" --max_restarts="$max_restarts"
+                    --rdzv_backend="$rdzv_backend" --rdzv_endpoint="$master_addr:$master_port" --rdzv_id="$id")
+    [ "$rdzv_backend" = static ] && launcher+=(--node_rank="$node_rank" --master_addr="$master_addr"
+                                               --master_port="$master_port")
+    "${launcher[@]}" -m memsv_cli "$@" ${device[@]+"${device[@]}"}
+  else
+    memsv "$@"
+  fi
+  if [ ! -e "$exp/models/final_model.pt" ]; then
+    echo "$0: training in $exp stopped before its last epoch; continue it with --stage ${stage_now} --resume true" >&2
+    exit 1
+  fi
+}
+
 # The training dir and the `memsv train` options of the data type (one per line): which reader, and
 # the augmentation sources (absolute paths: the config.yaml of the experiment keeps them).
 train_dir() {
