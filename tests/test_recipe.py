@@ -319,6 +319,7 @@ def test_mini_recipe_runs_every_stage(mini_run: dict) -> None:
     memory = json.loads((exp / "memory.json").read_text())
     assert memory["model"] == "rev_resnet18" and memory["setup"]["optimizer"] == "adam8bit"
     assert memory["setup"]["base_width"] == 4 and memory["bytes"]["total"] > 0
+    assert memory["setup"]["num_speakers"] == 3 * len(train.spk2utt)  # the head of online speed perturbation
     # stage 8: large-margin fine-tuning from the averaged model: no speed perturbation, head sliced back
     lm = recipe / "exp" / "tiny-LM"
     lm_config = yaml.safe_load((lm / "config.yaml").read_text())

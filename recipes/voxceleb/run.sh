@@ -301,8 +301,10 @@ fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   # The setup that was trained: model (and width), optimizer, precision, chunk, per-GPU batch, classes.
   mapfile -t c < <(local/read_config.py "$exp_dir/config.yaml" model.name model.args.base_width \
-    model.args.embed_dim model.args.feat_dim optimizer.name train.precision data.chunk_frames train.batch_size)
+    model.args.embed_dim model.args.feat_dim optimizer.name train.precision data.chunk_frames train.batch_size \
+    data.speed_perturb)
   num_spk=$(wc -l < "$fbank_dir/$train_data/spk2utt")
+  [ "${c[8]}" = True ] && num_spk=$((3 * num_spk))  # online speed perturbation: 3 classes per speaker
   popts=(--model "${c[0]}" --optimizer "${c[4]}" --precision "${c[5]}" --frames "${c[6]}"
          --batch-size "${c[7]}" --num-speakers "$num_spk")
   [ -n "${c[1]}" ] && popts+=(--base-width "${c[1]}")
