@@ -267,6 +267,24 @@ def test_ctrl_c_during_extract_fbank_exits_130_with_one_line_and_leaves_nothing(
         assert (out / "feats.1.scp").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "nj", "extra"),
+    [("extract-fbank", 1, []), ("extract-fbank", 2, ["--skip-bad"]), ("make-shards", 2, ["--skip-bad"])],
+)
+def test_a_pipe_command_killed_by_sigint_is_an_interrupt_not_a_bad_utterance(tmp_path, command, nj, extra):
+    """The order in which Ctrl-C reaches the processes of a group is the kernel's: a job's pipe command
+    can die of it before the parent handles its own SIGINT. That job must not report (or with
+    --skip-bad, list) a bad utterance: here only the pipe's shell gets the signal, deterministically."""
+    data = make_data_dir(tmp_path, 4)
+    scp = (data / "wav.scp").read_text().splitlines()
+    scp[-1] = "spk/v/u4 kill -INT $$; cat /dev/null |"
+    (data / "wav.scp").write_text("\n".join(scp) + "\n")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_memsv([command, data, out, "--nj", nj, *extra])
+    assert (code, stdout, stderr) == (130, "", f"memsv {command}: interrupted\n")
+    assert not (out / "bad_utts").exists()
+
+
 def test_ctrl_c_in_process_is_reported(tmp_path, capsys, monkeypatch):
     """typer >= 0.2x turns a KeyboardInterrupt into Exit(130) and *returns* 130 with
     standalone_mode=False; main() used to ignore that return value (exit 0, nothing printed)."""

@@ -12,6 +12,7 @@ Samples come back in Kaldi's scale: float32 in the int16 range [-32768, 32767], 
 from __future__ import annotations
 
 import io
+import signal
 import struct
 import subprocess
 from pathlib import Path
@@ -28,6 +29,20 @@ class AudioError(MemsvError):
     """An utterance's audio cannot be used; the caller adds the wav.scp file, line and key."""
 
 
+class PipeInterrupted(AudioError):
+    """A pipe command died of SIGINT: Ctrl-C reached the process group, the audio may be fine.
+
+    The data stages stop as interrupted (:func:`raise_if_interrupted`) instead of reporting, or with
+    ``--skip-bad`` listing, a bad utterance; training skips the sample as any unreadable one (its main
+    process handles the signal itself)."""
+
+
+def raise_if_interrupted(err: AudioError) -> None:
+    """Turn a :class:`PipeInterrupted` into the ``KeyboardInterrupt`` it stands for."""
+    if isinstance(err, PipeInterrupted):
+        raise KeyboardInterrupt from None
+
+
 def is_pipe(spec: str) -> bool:
     """True for a Kaldi pipe entry (``<command> |``)."""
     return spec.rstrip().endswith("|")
@@ -38,6 +53,10 @@ def _run_pipe(spec: str) -> bytes:
     if not command:
         raise AudioError("empty pipe command")
     proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    # Killed by SIGINT, or a shell reporting a child killed by it (128 + 2): the run is being interrupted.
+    # Without this, a worker could report "pipe command failed" before its parent sees the Ctrl-C.
+    if proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT):
+        raise PipeInterrupted("pipe command interrupted (SIGINT)")
     if proc.returncode != 0:
         last = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["(no message)"])[-1]
         raise AudioError(f"pipe command failed with exit status {proc.returncode}: {last}")

@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from memsv_cli.atomic import atomic_path
-from memsv_cli.data.audio import INT16_SCALE, AudioError, read_audio
+from memsv_cli.data.audio import INT16_SCALE, AudioError, raise_if_interrupted, read_audio
 from memsv_cli.data.kaldi_dir import c_sorted, load_data_dir, read_wav_scp, write_data_dir, write_table
 from memsv_cli.errors import InputError, MemsvError
 
@@ -64,6 +64,7 @@ def read_wav_entry(entry: str, *, sample_rate: int = 16000, where: str = "wav.sc
     try:
         return read_audio(entry, sample_rate=sample_rate) / np.float32(INT16_SCALE)
     except AudioError as err:
+        raise_if_interrupted(err)
         raise InputError(where, str(err)) from None
 
 

@@ -43,7 +43,7 @@ import kaldiio
 import numpy as np
 
 from memsv_cli.atomic import atomic_path, write_lines_atomic, write_text_atomic
-from memsv_cli.data.audio import AudioError, read_audio
+from memsv_cli.data.audio import AudioError, raise_if_interrupted, read_audio
 from memsv_cli.data.kaldi_dir import (
     DataDir,
     c_sorted,
@@ -261,6 +261,7 @@ def _run_job(job: _Job, report: Report) -> _JobResult:
                 try:
                     n_samples, feats = _utterance_features(job, spec)
                 except AudioError as err:
+                    raise_if_interrupted(err)
                     if not job.skip_bad:
                         raise InputError(job.wav_scp_path, f"utterance {utt!r}: {err}", line) from None
                     bad.append((utt, str(err)))
@@ -612,9 +613,11 @@ def _worker_main(run, job, progress_queue, result_queue) -> None:  # noqa: ANN00
     """Body of one worker process: run the job, send back ``(index, kind, payload)``.
 
     ``kind`` is ``ok`` (payload: the job's result), ``input`` (a user error: its one-line message),
-    ``os`` (an ``OSError`` such as a full disk: its errno, strerror, filename, filename2) or ``bug``
-    (anything else, with its traceback as text). Errors are sent as plain values because ``InputError``
-    (and library ``OSError`` subclasses) take other constructor arguments and do not survive unpickling.
+    ``os`` (an ``OSError`` such as a full disk: its errno, strerror, filename, filename2), ``interrupt``
+    (a pipe command of the job died of the Ctrl-C: the parent stops as interrupted even if its own
+    SIGINT has not been handled yet) or ``bug`` (anything else, with its traceback as text). Errors are
+    sent as plain values because ``InputError`` (and library ``OSError`` subclasses) take other
+    constructor arguments and do not survive unpickling.
 
     Ctrl-C reaches the whole process group; a worker ignores it (its parent stops it), so that only the
     parent reports the interrupt. A Python-level handler, not ``SIG_IGN``: exec'd pipe commands get the
@@ -623,6 +626,8 @@ def _worker_main(run, job, progress_queue, result_queue) -> None:  # noqa: ANN00
     signal.signal(signal.SIGINT, _ignore_signal)
     try:
         result_queue.put((job.index, "ok", run(job, progress_queue.put)))
+    except KeyboardInterrupt:  # a pipe command of the job died of the Ctrl-C (audio.PipeInterrupted)
+        result_queue.put((job.index, "interrupt", None))
     except MemsvError as err:
         result_queue.put((job.index, "input", str(err)))
     except OSError as err:
@@ -663,6 +668,8 @@ def _run_parallel(
             with contextlib.suppress(queue_module.Empty):
                 while True:
                     index, kind, payload = result_queue.get_nowait()
+                    if kind == "interrupt":
+                        raise KeyboardInterrupt
                     if kind == "os":
                         raise _os_error(*payload)
                     if kind == "bug":

@@ -55,7 +55,7 @@ import numpy as np
 import soundfile as sf
 
 from memsv_cli.atomic import atomic_path, write_lines_atomic, write_text_atomic
-from memsv_cli.data.audio import INT16_SCALE, AudioError, read_audio
+from memsv_cli.data.audio import INT16_SCALE, AudioError, raise_if_interrupted, read_audio
 from memsv_cli.data.fbank import Report, failure_line, progress_counter, run_jobs, write_bad_utts
 from memsv_cli.data.kaldi_dir import (
     DataDir,
@@ -398,6 +398,7 @@ def _write_shard(shard: _Shard, job: _Job, report: Report) -> _ShardResult:
                 try:
                     pcm = _read_pcm16(spec, shard.sample_rate)
                 except AudioError as err:
+                    raise_if_interrupted(err)
                     if not job.skip_bad:
                         raise InputError(job.wav_scp_path, f"utterance {key!r}: {err}", line) from None
                     bad.append((key, str(err)))
