@@ -8,9 +8,11 @@ estimate. Usage::
     .venv/bin/python benchmarks/memory_table.py                 # paper setup: batch 128, 200 frames
     .venv/bin/python benchmarks/memory_table.py --models resnet34 --optimizers sgd sgd8bit --batch-size 32
 
-Columns: component bytes in GiB (P = parameters, G = gradients, O = optimizer states, A = activations,
-other, total), then ``xO`` = baseline optimizer states / these, ``xA`` = activation saving and ``xT`` =
-total saving against ``<vanilla model> + <32-bit optimizer>``.
+Rows: each model as ``vanilla``, ``<model>+ckpt`` (the vanilla model with ``torch.utils.checkpoint``
+around each residual block), ``rev_`` and ``fullrev_``, with each optimizer. Columns: component bytes
+in GiB (P = parameters, G = gradients, O = optimizer states, A = activations, other, total), then
+``xO`` = baseline optimizer states / these, ``xA`` = activation saving and ``xT`` = total saving
+against ``<vanilla model> + <32-bit optimizer>``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from memsv_cli.profile.report import model_builder  # noqa: E402
 from memsv_cli.profile.step import StepSetup, full_precision_optimizer  # noqa: E402
 
 MODELS = ("resnet34", "resnet101", "resnet293", "dfresnet56", "dfresnet233")
+#: row kinds: the vanilla model, the vanilla model with activation checkpointing around each residual
+#: block (torch.utils.checkpoint: the baseline users reach for), Type I and Type II reversible
+VARIANTS = ("vanilla", "ckpt", "rev", "fullrev")
 OPTIMIZERS = ("sgd", "sgd8bit", "adam", "adam8bit")
 GIB = 2**30
 
@@ -40,7 +45,7 @@ def _ratio(base: int, this: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--variants", nargs="+", default=["vanilla", "rev", "fullrev"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--frames", type=int, default=200)
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     measure_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    prefixes = {"vanilla": "", "rev": "rev_", "fullrev": "fullrev_"}
+    prefixes = {"vanilla": "", "ckpt": "", "rev": "rev_", "fullrev": "fullrev_"}
 
     header = (
         f"{'model':<20} {'optimizer':<9} {'P':>6} {'G':>6} {'O':>6} {'A':>7} {'other':>6} {'total':>7}"
@@ -67,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         key = (name, optimizer, method)
         if key not in cache:
             setup = StepSetup(args.batch_size, args.frames, optimizer=optimizer, precision=args.precision)
-            cache[key] = measure_step(model_builder(name, 80, 256, 32), setup, method)
+            model, _, kind = name.partition("+")
+            build = model_builder(model, 80, 256, 32, checkpoint_blocks=kind == "ckpt")
+            cache[key] = measure_step(build, setup, method)
         return cache[key]
 
     for base in args.models:
         for variant in args.variants:
-            name = prefixes[variant] + base
+            name = prefixes[variant] + base + ("+ckpt" if variant == "ckpt" else "")
             for optimizer in args.optimizers:
                 this = estimate(name, optimizer)
                 ref = estimate(base, full_precision_optimizer(optimizer))

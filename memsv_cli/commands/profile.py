@@ -31,7 +31,8 @@ def profile_memory_command(
         "auto",
         "--compare",
         help="Baseline model (with the 32-bit optimizer); auto: the vanilla model of a rev_/fullrev_ model "
-        "or the 32-bit optimizer of an 8-bit one; none: no baseline.",
+        "or the 32-bit optimizer of an 8-bit one; checkpoint: the vanilla model with activation "
+        "checkpointing around each residual block; none: no baseline.",
     ),
     gpu_memory: str = typer.Option(
         None, "--gpu-memory", help="Card size (e.g. 11GiB): report the largest batch that fits."

@@ -84,6 +84,10 @@ def get_model(
             recomputed layers with the largest feature maps over K micro-batches in backward, smaller
             maps over proportionally fewer (``backbone.scaled_chunks``): exact gradients, lower peak
             memory, more time (docs/design.md).
+        checkpoint_blocks (vanilla only, default False): activation checkpointing
+            (``torch.utils.checkpoint``) around each residual block in training: the usual way to save
+            activation memory, the baseline the reversible models are compared with
+            (:mod:`memsv_cli.models.checkpointed`).
     Raises:
         MemsvError: unknown name, bad sizes, or an argument this model does not take.
     """
@@ -96,6 +100,9 @@ def get_model(
         raise MemsvError(f"{name}: recompute_chunks must be a positive integer, got {chunks!r}")
     if variant == "vanilla" and chunks != 1:
         raise MemsvError(f"{name}: recompute_chunks applies only to rev_/fullrev_ models")
+    checkpoint_blocks = kwargs.pop("checkpoint_blocks", False)
+    if not isinstance(checkpoint_blocks, bool) or (checkpoint_blocks and variant != "vanilla"):
+        raise MemsvError(f"{name}: checkpoint_blocks (true/false) applies only to vanilla models")
     if kwargs:
         raise MemsvError(f"{name}: unexpected model argument(s): {', '.join(sorted(kwargs))}")
     for key, value in (("feat_dim", feat_dim), ("embed_dim", embed_dim), ("base_width", base_width)):
@@ -112,6 +119,7 @@ def get_model(
         variant,
         reversible_backward=bool(reversible_backward),
         recompute_chunks=chunks,
+        checkpoint_blocks=checkpoint_blocks,
     )
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memsv_cli.errors import MemsvError
+from memsv_cli.models.checkpointed import CheckpointedSequential
 from memsv_cli.models.chunked import PER_SAMPLE
 from memsv_cli.models.pooling import TSTP
 from memsv_cli.models.reversible import HalfStep, Recomputed, ReversibleChain, ReversibleSequence
@@ -113,6 +114,8 @@ class SpeakerNet(nn.Module):
         recompute_chunks: for ``rev``/``fullrev``: recompute the reversible steps and recomputed layers
             of the largest feature maps over this many micro-batches in backward, smaller maps over
             proportionally fewer (:func:`scaled_chunks`; exact, :mod:`memsv_cli.models.chunked`); 1 = off.
+        checkpoint_blocks: for ``vanilla``: run each unit under ``torch.utils.checkpoint`` in training
+            (:mod:`memsv_cli.models.checkpointed`); same function and parameter names.
     """
 
     def __init__(
@@ -125,10 +128,13 @@ class SpeakerNet(nn.Module):
         variant: str = "vanilla",
         reversible_backward: bool = True,
         recompute_chunks: int = 1,
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+        if checkpoint_blocks and variant != "vanilla":
+            raise ValueError("checkpoint_blocks applies to the vanilla variant only")
         self.variant, self.feat_dim, self.embed_dim = variant, feat_dim, embed_dim
         self.freq_stride = math.prod(u.stride[0] for u in units)
         self.time_stride = math.prod(u.stride[1] for u in units)
@@ -140,7 +146,7 @@ class SpeakerNet(nn.Module):
             stem = Recomputed(stem, reversible_backward, stem_chunks, MODEL_PER_SAMPLE)
         self.stem = stem
         if variant == "vanilla":
-            self.body: nn.Module = nn.Sequential(*units)
+            self.body: nn.Module = (CheckpointedSequential if checkpoint_blocks else nn.Sequential)(*units)
         elif variant == "rev":
             self.body = _type1_body(units, reversible_backward, unit_chunks)
         else:

@@ -37,15 +37,24 @@ def default_baseline(model: str, optimizer: str) -> tuple[str, str] | None:
     return None if baseline == (model, optimizer) else baseline
 
 
-def model_builder(name: str, feat_dim: int, embed_dim: int, base_width: int, recompute_chunks: int = 1):  # noqa: ANN201
+def model_builder(  # noqa: ANN201
+    name: str,
+    feat_dim: int,
+    embed_dim: int,
+    base_width: int,
+    recompute_chunks: int = 1,
+    checkpoint_blocks: bool = False,
+):
     """A zero-argument callable building ``memsv_cli.models.get_model(name, ...)``; checks the name (and
-    that ``recompute_chunks`` applies to it) now."""
+    that ``recompute_chunks`` / ``checkpoint_blocks`` apply to it) now."""
     from memsv_cli import models
 
     known = models.list_models()
     if name not in known:
         raise MemsvError(f"unknown model {name!r}; choose one of {', '.join(known)}")
-    kwargs = {} if recompute_chunks == 1 else {"recompute_chunks": recompute_chunks}
+    kwargs: dict[str, object] = {} if recompute_chunks == 1 else {"recompute_chunks": recompute_chunks}
+    if checkpoint_blocks:
+        kwargs["checkpoint_blocks"] = True
     if kwargs:
         with torch.device("meta"):
             models.get_model(name, feat_dim=feat_dim, embed_dim=embed_dim, base_width=1, **kwargs)
@@ -91,6 +100,7 @@ class ProfileReport:
     baseline_model: str | None = None
     baseline_optimizer: str | None = None
     baseline: MemoryBreakdown | None = None
+    baseline_checkpointed: bool = False  # the baseline runs each block under torch.utils.checkpoint
     gpu_memory: int | None = None
     max_batch_size: int | None = None
     recompute_chunks: int = 1
@@ -120,6 +130,7 @@ class ProfileReport:
             out["baseline"] = {
                 "model": self.baseline_model,
                 "optimizer": self.baseline_optimizer,
+                "checkpoint_blocks": self.baseline_checkpointed,
                 "bytes": self.baseline.as_dict(),
             }
         if self.gpu_memory is not None:
@@ -143,7 +154,9 @@ def profile_memory(
         setup: batch/frames/features/speakers/optimizer/precision.
         device: ``auto`` (cuda if present, else meta), ``cpu``, ``cuda`` or ``meta``.
         compare: ``auto`` (vanilla model with the 32-bit optimizer, if that differs from the setup),
-            a model name (trained with the 32-bit optimizer), or None / ``none`` for no baseline.
+            ``checkpoint`` (the vanilla model with activation checkpointing around each residual block,
+            32-bit optimizer: what users do without reversible models), a model name (trained with the
+            32-bit optimizer), or None / ``none`` for no baseline.
         gpu_memory: card size in bytes; when given, the largest batch whose meta-estimated peak fits.
         base_width: channels of the first stage (32 in the paper's models).
         recompute_chunks: ``get_model(..., recompute_chunks=K)`` for the profiled model (rev_/fullrev_
@@ -157,11 +170,20 @@ def profile_memory(
         baseline = default_baseline(model, setup.optimizer)
     elif compare is None or compare == "none":
         baseline = None
+    elif compare == "checkpoint":
+        baseline = (vanilla_name(model), full_precision_optimizer(setup.optimizer))
+        report.baseline_checkpointed = True
     else:
         baseline = (compare, full_precision_optimizer(setup.optimizer))
     if baseline is not None:
         report.baseline_model, report.baseline_optimizer = baseline
-        base_build = model_builder(baseline[0], setup.feat_dim, setup.embed_dim, base_width)
+        base_build = model_builder(
+            baseline[0],
+            setup.feat_dim,
+            setup.embed_dim,
+            base_width,
+            checkpoint_blocks=report.baseline_checkpointed,
+        )
         base_setup = dataclasses.replace(setup, optimizer=baseline[1])
         report.baseline = _measure(base_build, base_setup, method)
     if gpu_memory is not None:
@@ -199,7 +221,10 @@ def render(report: ProfileReport, console: Console) -> None:
     table = Table()
     table.add_column("component")
     if report.baseline is not None:
-        table.add_column(f"{report.baseline_model} + {report.baseline_optimizer}", justify="right")
+        checkpointed = " (checkpointed blocks)" if report.baseline_checkpointed else ""
+        table.add_column(
+            f"{report.baseline_model}{checkpointed} + {report.baseline_optimizer}", justify="right"
+        )
     table.add_column(f"{report.model} + {s.optimizer}", justify="right")
     if report.baseline is not None:
         table.add_column("saving", justify="right")
