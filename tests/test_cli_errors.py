@@ -51,16 +51,31 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default action. A test run started in the
+    background of a non-interactive shell (``make test &``) inherits SIGINT *ignored*; memsv would
+    inherit that too (Python then installs no KeyboardInterrupt handler) and no Ctrl-C test could pass."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_memsv(args: Sequence[str], *, timeout: float = 180) -> tuple[int, str, str]:
-    """Run ``memsv ARGS`` in a subprocess; returns (exit status, stdout, stderr)."""
+    """Run ``memsv ARGS`` in a subprocess (SIGINT at its default action); returns (exit status, stdout,
+    stderr)."""
     proc = subprocess.run(
-        [*MEMSV, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=_env(), check=False
+        [*MEMSV, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        check=False,
+        preexec_fn=_default_sigint,
     )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def start_memsv(args: Sequence[str]) -> subprocess.Popen[str]:
-    """Start ``memsv ARGS`` in its own session (process group = its pid), stdout/stderr piped."""
+    """Start ``memsv ARGS`` in its own session (process group = its pid), stdout/stderr piped, SIGINT
+    at its default action (:func:`_default_sigint`)."""
     return subprocess.Popen(
         [*MEMSV, *map(str, args)],
         stdout=subprocess.PIPE,
@@ -68,6 +83,7 @@ def start_memsv(args: Sequence[str]) -> subprocess.Popen[str]:
         text=True,
         env=_env(),
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
 
 

@@ -621,9 +621,12 @@ def _worker_main(run, job, progress_queue, result_queue) -> None:  # noqa: ANN00
 
     Ctrl-C reaches the whole process group; a worker ignores it (its parent stops it), so that only the
     parent reports the interrupt. A Python-level handler, not ``SIG_IGN``: exec'd pipe commands get the
-    default action back and die with the group, where an ignored signal would be inherited.
+    default action back and die with the group, where an ignored signal would be inherited. A run that
+    inherited SIGINT ignored (started in the background by a non-interactive shell) keeps it ignored in
+    its pipe commands too.
     """
-    signal.signal(signal.SIGINT, _ignore_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _ignore_signal)
     try:
         result_queue.put((job.index, "ok", run(job, progress_queue.put)))
     except KeyboardInterrupt:  # a pipe command of the job died of the Ctrl-C (audio.PipeInterrupted)
