@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 from memsv_cli.console import console as make_console
+from memsv_cli.errors import MemsvError
+from memsv_cli.profile.experiment import read_experiment
 from memsv_cli.profile.fit import parse_size
 from memsv_cli.profile.report import profile_memory, render
 from memsv_cli.profile.step import StepSetup
 
+#: options an experiment's setup fills (``--exp``) unless they are given on the command line
+FROM_EXPERIMENT = (
+    "model",
+    "batch_size",
+    "frames",
+    "feat_dim",
+    "num_speakers",
+    "embed_dim",
+    "base_width",
+    "optimizer",
+    "precision",
+    "recompute_chunks",
+)
+
+
+def _from_experiment(ctx: typer.Context, values: dict[str, Any], exp: Path) -> dict[str, Any]:
+    """``values`` with every option of :data:`FROM_EXPERIMENT` not given on the command line replaced by
+    the experiment's (:func:`memsv_cli.profile.experiment.read_experiment`)."""
+    setup = dataclasses.asdict(read_experiment(exp))
+    given = {k for k in FROM_EXPERIMENT if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    return {k: (v if k in given or k not in setup else setup[k]) for k, v in values.items()}
+
 
 def profile_memory_command(
+    ctx: typer.Context,
     model: str = typer.Option(
-        ..., "--model", help="Model name, e.g. resnet34, rev_resnet34, fullrev_resnet293."
+        None, "--model", help="Model name, e.g. resnet34, rev_resnet34, fullrev_resnet293 (or --exp)."
     ),
     batch_size: int = typer.Option(128, "--batch-size", help="Utterances per training step."),
     frames: int = typer.Option(200, "--frames", help="Chunk length in frames (10 ms)."),
@@ -44,13 +72,34 @@ def profile_memory_command(
         "micro-batches in backward, smaller maps over fewer (exact gradients, lower peak, more time); "
         "1 = off. The baseline is unaffected.",
     ),
+    exp: Path = typer.Option(
+        None,
+        "--exp",
+        help="Experiment dir of memsv train: profile exactly its setup (config.yaml; classes from its "
+        "head); options given on the command line override it.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object instead of the table."),
 ) -> None:
     """Profile one training step's peak memory by component (parameters, gradients, optimizer states,
     activations, other) against the vanilla 32-bit baseline."""
-    setup = StepSetup(batch_size, frames, feat_dim, num_speakers, embed_dim, optimizer, precision)
+    v = {k: v for k, v in locals().items() if k in FROM_EXPERIMENT}
+    if exp is not None:
+        v = _from_experiment(ctx, v, exp)
+    if v["model"] is None:
+        raise MemsvError("profile-memory needs --model or --exp")
+    setup = StepSetup(
+        v["batch_size"],
+        v["frames"],
+        v["feat_dim"],
+        v["num_speakers"],
+        v["embed_dim"],
+        v["optimizer"],
+        v["precision"],
+    )
     budget = parse_size(gpu_memory) if gpu_memory is not None else None
-    report = profile_memory(model, setup, device, compare, budget, base_width, recompute_chunks)
+    report = profile_memory(
+        v["model"], setup, device, compare, budget, v["base_width"], v["recompute_chunks"]
+    )
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:

@@ -95,6 +95,17 @@ def _report(result: object, exp_dir: Path) -> None:
         )
 
 
+def _num_avg(exp_dir: Path | None) -> int:
+    """``train.num_avg`` of the experiment's config.yaml (what its run.sh stage 4 averages), else 10."""
+    if exp_dir is not None and (exp_dir / "config.yaml").is_file():
+        from memsv_cli.train.config import load_yaml
+
+        value = (load_yaml(exp_dir / "config.yaml").get("train") or {}).get("num_avg")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return 10
+
+
 def average_model_command(
     exp_dir: Path | None = typer.Option(None, "--exp-dir", help="Experiment dir (uses EXP/models)."),
     src_path: Path | None = typer.Option(
@@ -103,7 +114,12 @@ def average_model_command(
     dst_model: Path | None = typer.Option(
         None, "--dst-model", help="Output (default <models>/avg_model.pt)."
     ),
-    num: int = typer.Option(10, "--num", help="Average the newest NUM per-epoch model_N.pt."),
+    num: int | None = typer.Option(
+        None,
+        "--num",
+        help="Average the newest NUM per-epoch model_N.pt (default: train.num_avg of EXP/config.yaml, "
+        "else 10).",
+    ),
     min_epoch: int | None = typer.Option(None, "--min-epoch", help="Ignore epochs below this."),
     max_epoch: int | None = typer.Option(None, "--max-epoch", help="Ignore epochs above this."),
 ) -> None:
@@ -114,6 +130,8 @@ def average_model_command(
         if exp_dir is None:
             raise MemsvError("give --exp-dir or --src-path")
         src_path = exp_dir / "models"
+    if num is None:
+        num = _num_avg(exp_dir)
     dst, epochs = average_checkpoints(src_path, dst_model, num=num, min_epoch=min_epoch, max_epoch=max_epoch)
     typer.echo(f"averaged {len(epochs)} checkpoint(s) (epochs {epochs[0]}-{epochs[-1]}) into {dst}")
 

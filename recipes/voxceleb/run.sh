@@ -260,9 +260,10 @@ fi
 
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  n=${num_avg:-$(local/read_config.py "$exp_dir/config.yaml" train.num_avg)}
-  log 4 "average the last $n checkpoints -> $exp_dir/models/avg_model.pt"
-  memsv average-model --exp-dir "$exp_dir" --num "$n"
+  num_opt=()  # default: the experiment's train.num_avg
+  [ -n "$num_avg" ] && num_opt=(--num "$num_avg")
+  log 4 "average the last ${num_avg:-train.num_avg} checkpoints -> $exp_dir/models/avg_model.pt"
+  memsv average-model --exp-dir "$exp_dir" ${num_opt[@]+"${num_opt[@]}"}
   for x in $eval_set $train_set; do
     spk_mean=()
     [ "$x" = "$train_set" ] && spk_mean=(--spk-mean)  # speaker means: the AS-norm cohort
@@ -299,19 +300,10 @@ fi
 
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
-  # The setup that was trained: model (and width), optimizer, precision, chunk, per-GPU batch, classes.
-  mapfile -t c < <(local/read_config.py "$exp_dir/config.yaml" model.name model.args.base_width \
-    model.args.embed_dim model.args.feat_dim optimizer.name train.precision data.chunk_frames train.batch_size \
-    data.speed_perturb)
-  num_spk=$(wc -l < "$fbank_dir/$train_data/spk2utt")
-  [ "${c[8]}" = True ] && num_spk=$((3 * num_spk))  # online speed perturbation: 3 classes per speaker
-  popts=(--model "${c[0]}" --optimizer "${c[4]}" --precision "${c[5]}" --frames "${c[6]}"
-         --batch-size "${c[7]}" --num-speakers "$num_spk")
-  [ -n "${c[1]}" ] && popts+=(--base-width "${c[1]}")
-  [ -n "${c[2]}" ] && popts+=(--embed-dim "${c[2]}")
-  [ -n "${c[3]}" ] && popts+=(--feat-dim "${c[3]}")
+  # Exactly the setup that was trained: model and width, optimizer, precision, chunk, per-process
+  # micro-batch, recompute chunks (from exp/config.yaml) and the head's classes (from its weights).
   # shellcheck disable=SC2206
-  popts+=($profile_opts)
+  popts=(--exp "$exp_dir" $profile_opts)
   log 7 "memory profile: ${popts[*]} -> $exp_dir/memory.json"
   memsv profile-memory "${popts[@]}"
   memsv profile-memory "${popts[@]}" --json > "$exp_dir/memory.json.tmp"
