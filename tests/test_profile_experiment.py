@@ -47,7 +47,7 @@ def test_the_chunked_setup_of_the_config_and_the_classes_of_speed_perturbation(t
     report = _profile(["--exp", str(exp), "--compare", "none"], capsys)
     assert report["model"] == "rev_resnet18"
     assert report["setup"] == {
-        "batch_size": 6,  # the per-process micro-batch: accumulation does not change the step's peak shapes
+        "batch_size": 6,  # the per-process micro-batch (accum_steps 2 is not modelled yet: issue 14)
         "frames": 48,
         "feat_dim": 40,
         "num_speakers": 15,  # 5 speakers x 3 speeds
