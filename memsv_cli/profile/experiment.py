@@ -3,7 +3,9 @@
 What sets a training step's memory is read from ``EXP/config.yaml`` (the resolved config ``memsv train``
 wrote) and, for the number of classes, from the head the run trained (``models/final_model.pt``, else the
 newest ``model_N.pt``); before any weights exist the classes are counted from the training dir's
-``spk2utt`` (x3 with online speed perturbation, as the trainer does).
+``spk2utt`` (x3 with online speed perturbation, as the trainer does). Not modelled yet (issue 14):
+fp16 (refused) and gradient accumulation (with ``train.accum_steps`` > 1 the first micro-batch's gradients
+are alive during the next forward: one more parameter-sized buffer than the profiled step).
 """
 
 from __future__ import annotations
