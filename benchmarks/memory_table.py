@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--device", default="meta", choices=("meta", "cuda", "auto"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -81,11 +81,18 @@ def test_classes_come_from_the_trained_head_once_weights_exist(tmp_path) -> None
     assert read_experiment(exp).num_speakers == 11
 
 
-def test_fp16_and_missing_experiments_are_one_line_errors(tmp_path, capsys) -> None:
-    exp = _experiment(tmp_path, precision="fp16")
-    code, _, err = run_main(["profile-memory", "--exp", str(exp)], capsys)
-    assert code == 1
-    assert_one_line(err, "memsv profile-memory: error:", "fp16", "cannot be profiled yet")
+def test_an_fp16_run_is_profiled_with_its_loss_scaler(tmp_path, capsys) -> None:
+    """fp16 = float16 autocast + the GradScaler's tensors; on meta exactly what a CPU step measures."""
+    exp = _experiment(tmp_path, precision="fp16", chunks=None)
+    report = _profile(["--exp", str(exp), "--compare", "none"], capsys)
+    assert report["setup"]["precision"] == "fp16"
+    cpu = _profile(["--exp", str(exp), "--compare", "none", "--device", "cpu"], capsys)
+    assert cpu["bytes"]["total"] == report["bytes"]["total"]
+    bf16 = _profile(["--exp", str(exp), "--compare", "none", "--precision", "bf16"], capsys)
+    assert 0 < report["bytes"]["total"] - bf16["bytes"]["total"] <= 3 * 512  # scale, growth, found_inf
+
+
+def test_missing_experiments_are_one_line_errors(tmp_path, capsys) -> None:
     code, _, err = run_main(["profile-memory", "--exp", str(tmp_path / "nowhere")], capsys)
     assert code == 1
     assert_one_line(err, "memsv profile-memory: error:", "config.yaml", "no such config file")

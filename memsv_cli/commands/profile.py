@@ -51,7 +51,9 @@ def profile_memory_command(
     embed_dim: int = typer.Option(256, "--embed-dim", help="Embedding size."),
     base_width: int = typer.Option(32, "--base-width", help="Channels of the first stage."),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd|sgd8bit|adam|adam8bit|adamw|adamw8bit."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32|bf16 (bf16 = autocast, fp32 weights)."),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32|bf16|fp16 (autocast, fp32 weights; fp16 with the loss scaler)."
+    ),
     device: str = typer.Option(
         "auto", "--device", help="auto (cuda if present, else meta) | cpu (measure) | cuda (measure) | meta."
     ),

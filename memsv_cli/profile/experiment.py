@@ -4,8 +4,8 @@ What sets a training step's memory is read from ``EXP/config.yaml`` (the resolve
 wrote) and, for the number of classes, from the head the run trained (``models/final_model.pt``, else the
 newest ``model_N.pt``); before any weights exist the classes are counted from the training dir's
 ``spk2utt`` (x3 with online speed perturbation, as the trainer does). Not modelled yet (issue 14):
-fp16 (refused) and gradient accumulation (with ``train.accum_steps`` > 1 the first micro-batch's gradients
-are alive during the next forward: one more parameter-sized buffer than the profiled step).
+gradient accumulation (with ``train.accum_steps`` > 1 the first micro-batch's gradients are alive during
+the next forward: one more parameter-sized buffer than the profiled step).
 """
 
 from __future__ import annotations
@@ -79,10 +79,7 @@ def read_experiment(exp_dir: str | Path) -> ExperimentSetup:
     config = load_yaml(exp_dir / "config.yaml")
     precision = _get(config, "train.precision", "fp32")
     if precision not in PRECISIONS:
-        raise MemsvError(
-            f"{exp_dir}: precision {precision!r} cannot be profiled yet (profile-memory runs "
-            f"{', '.join(PRECISIONS)}; fp16's GradScaler needs CUDA)"
-        )
+        raise MemsvError(f"{exp_dir}/config.yaml: unknown precision {precision!r}")
     classes = _classes_from_weights(exp_dir / "models") or _classes_from_data(config, exp_dir)
     return ExperimentSetup(
         model=_get(config, "model.name"),

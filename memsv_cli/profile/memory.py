@@ -124,6 +124,14 @@ def _tracked_step(
     _tag_all(tracker, _tensors_in(list(step.optimizer.state.values())), "optimizer_states")
 
 
+def _step_without_inf_check(scaler: torch.amp.GradScaler) -> None:
+    """fp16 on fake tensors: the scaler's "any gradient not finite?" is an ``.item()`` on data fake
+    tensors do not have. There is nothing to overflow, so step as a finite step would; the scaler still
+    allocates, unscales and updates its tensors as it does in training (a no-op when not enabled)."""
+    if scaler.is_enabled():
+        scaler._maybe_opt_step = lambda optimizer, state, *args, **kwargs: optimizer.step(*args, **kwargs)
+
+
 def _breakdown(tracker: StorageTracker, total: int | None = None) -> MemoryBreakdown:
     parts = tracker.bytes_at_peak(COMPONENTS)
     known = sum(parts[c] for c in COMPONENTS)
@@ -146,6 +154,8 @@ def measure_step(
         return _measure_cuda(build_model, setup, optimizer_factory)
     with fake_cpu() if method == "meta" else contextlib.nullcontext():
         step = TrainingStep.build(build_model, setup, "cpu", optimizer_factory)
+        if method == "meta":
+            _step_without_inf_check(step.step.scaler)
         tracker = StorageTracker()
         with tracker:
             tracker.track(step.parameters())

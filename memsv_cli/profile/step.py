@@ -21,9 +21,9 @@ from memsv_cli.train.heads import AAMSoftmax
 from memsv_cli.train.step import TrainingNet, TrainStep
 
 OPTIMIZERS = OPTIMIZER_NAMES
-# The training precisions (one list, train.config), less fp16 for now: its GradScaler runs only on CUDA,
-# and the estimate (meta) and CPU steps run on CPU tensors.
-PRECISIONS = tuple(p for p in TRAIN_PRECISIONS if p != "fp16")
+# The training precisions (one list, train.config): fp16 runs CPU autocast in float16 with torch's CPU
+# GradScaler (on meta, without the data-dependent inf check: profile.memory._step_without_inf_check).
+PRECISIONS = TRAIN_PRECISIONS
 
 # The recipe's hyper-parameters (PAPER.md); only the presence of momentum / moments matters for memory.
 OPTIMIZER_KWARGS: dict[str, dict[str, object]] = {
@@ -53,7 +53,8 @@ class StepSetup:
 
     batch_size: utterances per step (B); frames: chunk length in 10 ms frames (T); feat_dim: fbank bins (F);
     num_speakers: classifier classes (C); embed_dim: embedding size (E); optimizer: one of
-    :data:`OPTIMIZERS`; precision: ``fp32`` or ``bf16`` (autocast, fp32 master weights).
+    :data:`OPTIMIZERS`; precision: ``fp32``, ``bf16`` or ``fp16`` (autocast, fp32 master weights; fp16
+    with the loss scaler).
     """
 
     batch_size: int = 128
