@@ -42,6 +42,17 @@ def _ratio(base: int, this: int) -> str:
     return f"{base / this:6.2f}" if this else "     -"
 
 
+def _row(name: str, optimizer: str, this: MemoryBreakdown, ref: MemoryBreakdown) -> str:
+    """One table line: component GiB, then the savings against ``ref`` (xO, xA, xT)."""
+    b = this.as_dict()
+    widths = (("parameters", 6), ("gradients", 6), ("optimizer_states", 6), ("activations", 7))
+    cells = " ".join(f"{b[k] / GIB:{w}.2f}" for k, w in (*widths, ("other", 6), ("total", 7)))
+    return (
+        f"{name:<20} {optimizer:<9} {cells} {_ratio(ref.optimizer_states, this.optimizer_states)}"
+        f" {_ratio(ref.activations, this.activations)} {_ratio(ref.total, this.total)}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -83,22 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             for optimizer in args.optimizers:
                 this = estimate(name, optimizer)
                 ref = estimate(base, full_precision_optimizer(optimizer))
-                b = this.as_dict()
-                cells = " ".join(
-                    f"{b[k] / GIB:{w}.2f}"
-                    for k, w in (
-                        ("parameters", 6),
-                        ("gradients", 6),
-                        ("optimizer_states", 6),
-                        ("activations", 7),
-                        ("other", 6),
-                        ("total", 7),
-                    )
-                )
-                line = (
-                    f"{name:<20} {optimizer:<9} {cells} {_ratio(ref.optimizer_states, this.optimizer_states)}"
-                    f" {_ratio(ref.activations, this.activations)} {_ratio(ref.total, this.total)}"
-                )
+                line = _row(name, optimizer, this, ref)
                 if measure_cuda:  # pragma: no cover - GPU only
                     real = estimate(name, optimizer, "cuda")
                     real_ref = estimate(base, full_precision_optimizer(optimizer), "cuda")

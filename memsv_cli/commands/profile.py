@@ -39,6 +39,17 @@ def _from_experiment(ctx: typer.Context, values: dict[str, Any], exp: Path) -> d
     return {k: (v if k in given or k not in setup else setup[k]) for k, v in values.items()}
 
 
+def _resolve(ctx: typer.Context, values: dict[str, Any], exp: Path | None) -> tuple[str, StepSetup, int, int]:
+    """(model, step setup, base width, recompute chunks) from the options, filled from ``exp`` if given."""
+    if exp is not None:
+        values = _from_experiment(ctx, values, exp)
+    if values["model"] is None:
+        raise MemsvError("profile-memory needs --model or --exp")
+    fields = {f.name for f in dataclasses.fields(StepSetup)}
+    setup = StepSetup(**{k: v for k, v in values.items() if k in fields})
+    return values["model"], setup, values["base_width"], values["recompute_chunks"]
+
+
 def profile_memory_command(
     ctx: typer.Context,
     model: str = typer.Option(
@@ -84,24 +95,10 @@ def profile_memory_command(
 ) -> None:
     """Profile one training step's peak memory by component (parameters, gradients, optimizer states,
     activations, other) against the vanilla 32-bit baseline."""
-    v = {k: v for k, v in locals().items() if k in FROM_EXPERIMENT}
-    if exp is not None:
-        v = _from_experiment(ctx, v, exp)
-    if v["model"] is None:
-        raise MemsvError("profile-memory needs --model or --exp")
-    setup = StepSetup(
-        v["batch_size"],
-        v["frames"],
-        v["feat_dim"],
-        v["num_speakers"],
-        v["embed_dim"],
-        v["optimizer"],
-        v["precision"],
-    )
+    values = {k: v for k, v in locals().items() if k in FROM_EXPERIMENT}
+    model, setup, base_width, chunks = _resolve(ctx, values, exp)
     budget = parse_size(gpu_memory) if gpu_memory is not None else None
-    report = profile_memory(
-        v["model"], setup, device, compare, budget, v["base_width"], v["recompute_chunks"]
-    )
+    report = profile_memory(model, setup, device, compare, budget, base_width, chunks)
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:

@@ -47,7 +47,7 @@ from scipy.ndimage import uniform_filter1d
 from scipy.signal import fftconvolve, lfilter, resample_poly
 
 from memsv_cli.atomic import atomic_path, write_lines_atomic
-from memsv_cli.data.mini import all_pair_trials
+from memsv_cli.data.mini import _VIDEO_CHARS, MiniConfig, all_pair_trials
 from memsv_cli.data.prepare import prepare_voxceleb
 from memsv_cli.errors import MemsvError
 
@@ -624,30 +624,10 @@ def record(
 
 
 @dataclass(frozen=True)
-class HnmConfig:
-    """Size and seed of the hnm corpus; durations in seconds."""
+class HnmConfig(MiniConfig):
+    """Size and seed of the hnm corpus (mini's fields and checks); utterances of 2-6 s instead of 2-4 s."""
 
-    num_speakers: int = 40
-    utts_per_speaker: int = 16
-    num_test_speakers: int = 20
-    test_utts_per_speaker: int = 8
-    videos_per_speaker: int = 4
-    min_seconds: float = 2.0
     max_seconds: float = 6.0
-    seed: int = 777
-
-    def validate(self) -> None:
-        if self.num_speakers < 1 or self.num_test_speakers < 2:
-            raise MemsvError("need at least 1 training speaker and 2 test speakers")
-        if self.utts_per_speaker < 1 or self.test_utts_per_speaker < 2:
-            raise MemsvError("need at least 1 utterance per training speaker and 2 per test speaker")
-        if not 0.1 <= self.min_seconds <= self.max_seconds:
-            raise MemsvError("need 0.1 <= min seconds <= max seconds")
-        if self.videos_per_speaker < 1:
-            raise MemsvError("need at least 1 video per speaker")
-
-
-_VIDEO_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
 
 def _write_speaker(job: tuple[Path, str, int, int, int, HnmConfig]) -> tuple[list[str], int]:
