@@ -47,7 +47,8 @@ def test_the_chunked_setup_of_the_config_and_the_classes_of_speed_perturbation(t
     report = _profile(["--exp", str(exp), "--compare", "none"], capsys)
     assert report["model"] == "rev_resnet18"
     assert report["setup"] == {
-        "batch_size": 6,  # the per-process micro-batch (accum_steps 2 is not modelled yet: issue 14)
+        "batch_size": 6,  # the per-process micro-batch ...
+        "accum_steps": 2,  # ... twice per optimizer step
         "frames": 48,
         "feat_dim": 40,
         "num_speakers": 15,  # 5 speakers x 3 speeds
@@ -56,12 +57,31 @@ def test_the_chunked_setup_of_the_config_and_the_classes_of_speed_perturbation(t
         "precision": "fp32",
         "base_width": 4,
         "recompute_chunks": 4,
+        "checkpoint_blocks": False,
     }
     # the same numbers as naming every option by hand
     by_hand = ["--model", "rev_resnet18", "--batch-size", "6", "--frames", "48", "--feat-dim", "40"]
     by_hand += ["--num-speakers", "15", "--embed-dim", "16", "--optimizer", "sgd8bit", "--base-width", "4"]
-    by_hand += ["--recompute-chunks", "4", "--compare", "none"]
+    by_hand += ["--recompute-chunks", "4", "--compare", "none", "--accum-steps", "2"]
     assert _profile(by_hand, capsys)["bytes"] == report["bytes"]
+
+
+def test_accumulation_adds_the_gradients_alive_during_the_next_micro_batch(tmp_path, capsys) -> None:
+    """With A > 1 the second micro-batch runs with the first one's gradients (and every input) alive:
+    more than the single micro-batch's peak, by at most the gradients and the extra inputs."""
+    exp = _experiment(tmp_path, chunks=None)
+    accum = {
+        a: _profile(["--exp", str(exp), "--compare", "none", "--accum-steps", str(a)], capsys)
+        for a in (1, 2, 4)
+    }
+    grads = accum[1]["bytes"]["parameters"]  # gradients are parameter-sized (fp32 weights)
+    one_input = 6 * 48 * 40 * 4 + 512  # a (6, 48, 40) fp32 micro-batch + its labels, 512-byte blocks
+    assert (
+        accum[1]["bytes"]["total"]
+        < accum[2]["bytes"]["total"]
+        <= accum[1]["bytes"]["total"] + grads + one_input
+    )
+    assert accum[4]["bytes"]["total"] - accum[2]["bytes"]["total"] == 2 * one_input
 
 
 def test_options_on_the_command_line_override_the_experiment(tmp_path, capsys) -> None:

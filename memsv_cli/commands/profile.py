@@ -11,15 +11,24 @@ import typer
 
 from memsv_cli.console import console as make_console
 from memsv_cli.errors import MemsvError
-from memsv_cli.profile.experiment import read_experiment
+from memsv_cli.profile.experiment import experiment_setup, read_recipe
 from memsv_cli.profile.fit import parse_size
+from memsv_cli.profile.plan import (
+    CUDA_RESERVE_BYTES,
+    PlanResult,
+    Recipe,
+    choose_plan,
+    half_precision,
+    plan_table,
+)
 from memsv_cli.profile.report import profile_memory, render
-from memsv_cli.profile.step import StepSetup
+from memsv_cli.profile.step import OPTIMIZER_KWARGS, StepSetup, full_precision_optimizer
 
 #: options an experiment's setup fills (``--exp``) unless they are given on the command line
 FROM_EXPERIMENT = (
     "model",
     "batch_size",
+    "accum_steps",
     "frames",
     "feat_dim",
     "num_speakers",
@@ -28,26 +37,58 @@ FROM_EXPERIMENT = (
     "optimizer",
     "precision",
     "recompute_chunks",
+    "checkpoint_blocks",
 )
 
 
-def _from_experiment(ctx: typer.Context, values: dict[str, Any], exp: Path) -> dict[str, Any]:
+def _from_experiment(ctx: typer.Context, values: dict[str, Any], trained: Recipe) -> dict[str, Any]:
     """``values`` with every option of :data:`FROM_EXPERIMENT` not given on the command line replaced by
-    the experiment's (:func:`memsv_cli.profile.experiment.read_experiment`)."""
-    setup = dataclasses.asdict(read_experiment(exp))
+    the experiment's (:func:`memsv_cli.profile.experiment.read_recipe`)."""
+    setup = dataclasses.asdict(experiment_setup(trained))
     given = {k for k in FROM_EXPERIMENT if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     return {k: (v if k in given or k not in setup else setup[k]) for k, v in values.items()}
 
 
-def _resolve(ctx: typer.Context, values: dict[str, Any], exp: Path | None) -> tuple[str, StepSetup, int, int]:
-    """(model, step setup, base width, recompute chunks) from the options, filled from ``exp`` if given."""
+def _resolve(ctx: typer.Context, values: dict[str, Any], exp: Path | None) -> tuple[Recipe, StepSetup]:
+    """The recipe and its step setup from the options, filled from ``exp`` if given."""
+    trained = None
     if exp is not None:
-        values = _from_experiment(ctx, values, exp)
+        trained = read_recipe(exp)
+        values = _from_experiment(ctx, values, trained)
     if values["model"] is None:
         raise MemsvError("profile-memory needs --model or --exp")
     fields = {f.name for f in dataclasses.fields(StepSetup)}
     setup = StepSetup(**{k: v for k, v in values.items() if k in fields})
-    return values["model"], setup, values["base_width"], values["recompute_chunks"]
+    # the experiment's optimizer arguments (which states exist) unless the optimizer was overridden
+    if trained is not None and trained.optimizer == setup.optimizer:
+        optimizer_args = trained.optimizer_args
+    else:
+        optimizer_args = dict(OPTIMIZER_KWARGS[full_precision_optimizer(setup.optimizer)])
+    recipe = Recipe(
+        model=values["model"],
+        model_args={
+            "feat_dim": setup.feat_dim,
+            "embed_dim": setup.embed_dim,
+            "base_width": values["base_width"],
+        },
+        batch_size=setup.batch_size,
+        accum_steps=setup.accum_steps,
+        frames=setup.frames,
+        num_classes=setup.num_speakers,
+        optimizer=setup.optimizer,
+        optimizer_args=optimizer_args,
+        precision=setup.precision,
+        recompute_chunks=values["recompute_chunks"],
+        checkpoint_blocks=values["checkpoint_blocks"],
+    )
+    return recipe, setup
+
+
+def _print_plan(result: PlanResult) -> None:
+    console = make_console()
+    for line in plan_table(result):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    console.print(result.message, soft_wrap=True, highlight=False, markup=False)
 
 
 def profile_memory_command(
@@ -76,7 +117,32 @@ def profile_memory_command(
         "checkpointing around each residual block; none: no baseline.",
     ),
     gpu_memory: str = typer.Option(
-        None, "--gpu-memory", help="Card size (e.g. 11GiB): report the largest batch that fits."
+        None,
+        "--gpu-memory",
+        help="Card size (e.g. 11GiB): the memory plans of this setup for the card (the table memsv train "
+        "--gpu-memory chooses from) and the largest batch that fits.",
+    ),
+    allow_micro_batch: bool = typer.Option(
+        False,
+        "--allow-micro-batch",
+        help="--gpu-memory: plans may use micro-batches smaller than --batch-size (same gradient; "
+        "BatchNorm then normalises over the micro-batch).",
+    ),
+    allow_half_precision: bool = typer.Option(
+        False,
+        "--allow-half-precision",
+        help="--gpu-memory: fp32 setups may also plan bf16 (fp16 without bf16).",
+    ),
+    all_plans: bool = typer.Option(
+        False, "--all-plans", help="--gpu-memory: predict every plan, not only up to the cheapest that fits."
+    ),
+    accum_steps: int = typer.Option(
+        1, "--accum-steps", help="Micro-batches of --batch-size per optimizer step (gradient accumulation)."
+    ),
+    checkpoint_blocks: bool = typer.Option(
+        False,
+        "--checkpoint-blocks",
+        help="Vanilla models: activation checkpointing around each residual unit (torch.utils.checkpoint).",
     ),
     recompute_chunks: int = typer.Option(
         1,
@@ -96,13 +162,32 @@ def profile_memory_command(
     """Profile one training step's peak memory by component (parameters, gradients, optimizer states,
     activations, other) against the vanilla 32-bit baseline."""
     values = {k: v for k, v in locals().items() if k in FROM_EXPERIMENT}
-    model, setup, base_width, chunks = _resolve(ctx, values, exp)
+    recipe, setup = _resolve(ctx, values, exp)
     budget = parse_size(gpu_memory) if gpu_memory is not None else None
-    report = profile_memory(model, setup, device, compare, budget, base_width, chunks)
+    width = int(recipe.model_args["base_width"])
+    report = profile_memory(
+        recipe.model, setup, device, compare, budget, width, recipe.recompute_chunks, recipe.checkpoint_blocks
+    )
+    plans = None
+    if budget is not None:
+        half = half_precision("cuda") if allow_half_precision else None
+        plans = choose_plan(
+            recipe,
+            budget,
+            reserve=CUDA_RESERVE_BYTES,
+            allow_micro_batch=allow_micro_batch,
+            half=half,
+            predict_all=all_plans,
+        )
     if as_json:
-        typer.echo(json.dumps(report.to_json()))
+        out = report.to_json()
+        if plans is not None:
+            out["memory_plan"] = plans.to_json()
+        typer.echo(json.dumps(out))
     else:
         render(report, make_console())
+        if plans is not None:
+            _print_plan(plans)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,23 @@ def train_command(
     precision: str | None = typer.Option(None, "--precision", help="fp32|bf16|fp16 (sets train.precision)."),
     device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda (sets train.device)."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader workers per process."),
+    gpu_memory: str | None = typer.Option(
+        None,
+        "--gpu-memory",
+        help="Card size, e.g. 11GiB: train with the cheapest exact memory plan that fits (sets "
+        "train.gpu_memory; the plan table goes to train.log and config.yaml).",
+    ),
+    allow_micro_batch: bool = typer.Option(
+        False,
+        "--allow-micro-batch",
+        help="--gpu-memory: the plan may use micro-batches smaller than train.batch_size (BatchNorm then "
+        "normalises over the micro-batch).",
+    ),
+    allow_half_precision: bool = typer.Option(
+        False,
+        "--allow-half-precision",
+        help="--gpu-memory: an fp32 recipe may train in bf16 (fp16 on cards without bf16).",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -49,6 +66,9 @@ def train_command(
         "train.device": device,
         "train.num_workers": num_workers,
         "data.dir": str(data) if data is not None else None,
+        "train.gpu_memory": gpu_memory,
+        "train.plan_micro_batch": "true" if allow_micro_batch else None,
+        "train.plan_half_precision": "true" if allow_half_precision else None,
     }
     sets = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides)
     base = None

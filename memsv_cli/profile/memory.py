@@ -53,16 +53,16 @@ class MemoryBreakdown:
         return asdict(self)
 
 
-def _tensors_in(obj: object) -> Iterator[torch.Tensor]:
+def tensors_in(obj: object) -> Iterator[torch.Tensor]:
     """Every tensor inside nested dicts / lists / tuples (optimizer state)."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
         for value in obj.values():
-            yield from _tensors_in(value)
+            yield from tensors_in(value)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            yield from _tensors_in(value)
+            yield from tensors_in(value)
 
 
 def _tag_all(tracker: StorageTracker, tensors: Iterable[torch.Tensor], tag: str) -> None:
@@ -95,7 +95,7 @@ def _prime_quantiser_tables(optimizer: torch.optim.Optimizer) -> None:
     if tables is None:
         return
     with real_tensors():
-        for signed in (True, False):
+        for signed in set(optimizer.STATE_NAMES.values()):  # only the maps its states use
             tables(signed, torch.device("cpu"))
 
 
@@ -116,12 +116,12 @@ def _tracked_step(
         _tag_all(tracker, step.parameters(), "parameters")
         _tag_all(tracker, step.buffers(), "parameters")
         # 8-bit optimizers may replace state tensors in step(): tag the states alive before and after.
-        _tag_all(tracker, _tensors_in(list(step.optimizer.state.values())), "optimizer_states")
+        _tag_all(tracker, tensors_in(list(step.optimizer.state.values())), "optimizer_states")
         before_measure()
         tracker.reset_peak()
         step.run()
     _tag_all(tracker, (p.grad for p in step.parameters() if p.grad is not None), "gradients")
-    _tag_all(tracker, _tensors_in(list(step.optimizer.state.values())), "optimizer_states")
+    _tag_all(tracker, tensors_in(list(step.optimizer.state.values())), "optimizer_states")
 
 
 def _step_without_inf_check(scaler: torch.amp.GradScaler) -> None:

@@ -104,6 +104,7 @@ class ProfileReport:
     gpu_memory: int | None = None
     max_batch_size: int | None = None
     recompute_chunks: int = 1
+    checkpoint_blocks: bool = False
 
     def saving(self) -> dict[str, float | None] | None:
         """baseline / this setup for activations, optimizer states and the total (None where this is 0)."""
@@ -121,6 +122,7 @@ class ProfileReport:
                 **dataclasses.asdict(self.setup),
                 "base_width": self.base_width,
                 "recompute_chunks": self.recompute_chunks,
+                "checkpoint_blocks": self.checkpoint_blocks,
             },
             "bytes": self.bytes.as_dict(),
             "baseline": None,
@@ -146,6 +148,7 @@ def profile_memory(
     gpu_memory: int | None = None,
     base_width: int = 32,
     recompute_chunks: int = 1,
+    checkpoint_blocks: bool = False,
 ) -> ProfileReport:
     """Profile one training step of ``model`` under ``setup``.
 
@@ -161,11 +164,14 @@ def profile_memory(
         base_width: channels of the first stage (32 in the paper's models).
         recompute_chunks: ``get_model(..., recompute_chunks=K)`` for the profiled model (rev_/fullrev_
             only); the baseline stays the plain vanilla model.
+        checkpoint_blocks: the profiled (vanilla) model checkpoints each residual unit.
     """
     method = resolve_method(device)
-    build = model_builder(model, setup.feat_dim, setup.embed_dim, base_width, recompute_chunks)
+    build = model_builder(
+        model, setup.feat_dim, setup.embed_dim, base_width, recompute_chunks, checkpoint_blocks
+    )
     report = ProfileReport(model, method, setup, base_width, _measure(build, setup, method))
-    report.recompute_chunks = recompute_chunks
+    report.recompute_chunks, report.checkpoint_blocks = recompute_chunks, checkpoint_blocks
     if compare == "auto":
         baseline = default_baseline(model, setup.optimizer)
     elif compare is None or compare == "none":
@@ -216,6 +222,10 @@ def render(report: ProfileReport, console: Console) -> None:
     )
     if report.recompute_chunks != 1:
         title += f"; recompute chunks: {report.recompute_chunks}"
+    if report.checkpoint_blocks:
+        title += "; checkpointed blocks"
+    if s.accum_steps != 1:
+        title += f"; accumulation: {s.accum_steps} micro-batches"
     # the title is a line of its own: a table title is folded to the table's width
     console.print(title, soft_wrap=True, highlight=False)
     table = Table()

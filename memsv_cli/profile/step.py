@@ -54,7 +54,7 @@ class StepSetup:
     batch_size: utterances per step (B); frames: chunk length in 10 ms frames (T); feat_dim: fbank bins (F);
     num_speakers: classifier classes (C); embed_dim: embedding size (E); optimizer: one of
     :data:`OPTIMIZERS`; precision: ``fp32``, ``bf16`` or ``fp16`` (autocast, fp32 master weights; fp16
-    with the loss scaler).
+    with the loss scaler); accum_steps: micro-batches of ``batch_size`` per optimizer step (A).
     """
 
     batch_size: int = 128
@@ -64,9 +64,10 @@ class StepSetup:
     embed_dim: int = 256
     optimizer: str = "sgd"
     precision: str = "fp32"
+    accum_steps: int = 1
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "frames", "feat_dim", "num_speakers", "embed_dim"):
+        for key in ("batch_size", "frames", "feat_dim", "num_speakers", "embed_dim", "accum_steps"):
             if getattr(self, key) < 1:
                 raise MemsvError(f"{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         if self.optimizer not in OPTIMIZERS:
@@ -125,8 +126,17 @@ class TrainingStep:
         self.optimizer.step()
 
     def run(self) -> torch.Tensor:
-        """One full training step on a random batch; returns its statistics (``train.step.STAT_*``)."""
+        """One full training step on random batches; returns its statistics (``train.step.STAT_*``).
+
+        With accumulation (A > 1) all A micro-batch inputs exist, as the trainer moves a step's
+        micro-batches to the device together, but only 2 run: from the second on, every micro-batch
+        starts from the same memory (the accumulated gradients, the optimizer states, the inputs; the
+        previous graph is freed by its backward), so micro-batches 3..A repeat the second's peak exactly
+        and would only cost time. The loss scale (1/2 instead of 1/A) changes no size."""
         s = self.setup
-        feats = torch.randn(s.batch_size, s.frames, s.feat_dim, device=self.device_type)
-        labels = torch.randint(0, s.num_speakers, (s.batch_size,), device=self.device_type)
-        return self.step([(feats, labels)])
+        inputs = []
+        for _ in range(s.accum_steps):
+            feats = torch.randn(s.batch_size, s.frames, s.feat_dim, device=self.device_type)
+            labels = torch.randint(0, s.num_speakers, (s.batch_size,), device=self.device_type)
+            inputs.append((feats, labels))
+        return self.step(inputs[:2])

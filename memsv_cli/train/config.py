@@ -101,11 +101,26 @@ DEFAULTS: dict[str, Any] = {
         "keep_checkpoints": 2,  # full (resumable) checkpoints kept; weights-only model_N.pt are separate
         "keep_epoch_models": None,  # weights-only models/model_N.pt kept (null: all, as WeSpeaker)
         "tensorboard": False,  # also write TensorBoard scalars to EXP/tensorboard (rank 0)
+        # Fit the card (memsv_cli.profile.plan): with a size such as 11GiB, training first predicts the
+        # exact plans of this recipe (recompute chunks / activation checkpointing, micro-batch x
+        # accumulation, precision) and trains with the cheapest that fits; the choice and the candidates
+        # go to config.yaml (memory_plan) and train.log.
+        "gpu_memory": None,
+        # plans may use micro-batches other than batch_size (same gradient, but BatchNorm normalises over
+        # the micro-batch) ...
+        "plan_micro_batch": False,
+        # ... and bf16 (fp16 on cards without bf16) when the recipe is fp32
+        "plan_half_precision": False,
+        # predict this setup's peak memory at the start (profiler, meta tensors) and log it beside the
+        # measured peak every epoch, warning when measured exceeds predicted by more than 5%
+        "memory_check": True,
     },
+    # written by memsv train --gpu-memory: the recipe's plan, the chosen one and every candidate
+    "memory_plan": None,
 }
 
 # Sections whose keys are constructor arguments, not part of the schema.
-FREE_FORM: tuple[str, ...] = ("model.args", "optimizer.args", "data.spec_aug_args")
+FREE_FORM: tuple[str, ...] = ("model.args", "optimizer.args", "data.spec_aug_args", "memory_plan")
 
 # Keys that may differ between an interrupted run and its ``--resume`` without changing the result
 # (or only where the user asked for it, such as where the data now lives).
@@ -129,6 +144,7 @@ RUNTIME_KEYS: tuple[str, ...] = (
     "train.keep_checkpoints",
     "train.keep_epoch_models",
     "train.tensorboard",
+    "train.memory_check",
 )
 
 # When a config file or override changes ``model.name`` / ``optimizer.name``, the inherited ``args``
@@ -371,6 +387,15 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.keep_checkpoints", _int_at_least(1), "must be an integer >= 1"),
     ("train.tensorboard", lambda v: isinstance(v, bool), "must be true or false"),
     ("train.progress", lambda v: isinstance(v, bool), "must be true or false"),
+    (
+        "train.gpu_memory",
+        lambda v: v is None or isinstance(v, (str, int)),
+        "must be a size such as 11GiB or null",
+    ),
+    ("train.plan_micro_batch", lambda v: isinstance(v, bool), "must be true or false"),
+    ("train.plan_half_precision", lambda v: isinstance(v, bool), "must be true or false"),
+    ("train.memory_check", lambda v: isinstance(v, bool), "must be true or false"),
+    ("memory_plan", lambda v: v is None or isinstance(v, dict), "must be a mapping or null"),
 )
 
 

@@ -9,6 +9,7 @@ the same thing at the same step, and a non-finite loss anywhere stops every rank
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from memsv_cli.errors import MemsvError
 from memsv_cli.train import faults
 from memsv_cli.train.distributed import DistInfo, all_reduce_sum
 from memsv_cli.train.log import TrainLog
+from memsv_cli.train.memory import epoch_memory, measured_step_peak
 from memsv_cli.train.progress import TrainProgress
 from memsv_cli.train.signals import StopRequest
 from memsv_cli.train.state import TrainState
@@ -69,6 +71,9 @@ class EpochRun:
     precision: str
     max_bad_fraction: float = 0.01
     batch_size: int = 1  # per micro-batch, for the bad-sample fraction
+    predicted_peak: int | None = None  # bytes, the profiler's estimate of one step (train.memory)
+    # CPU: follow the epoch's first step with the storage tracker (CUDA reads its allocator's peaks)
+    track_memory: bool = False
 
 
 @dataclass
@@ -134,11 +139,18 @@ def run_epoch(state: TrainState, run: EpochRun) -> EpochResult:
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
     start, seen, lr, margin = time.perf_counter(), 0.0, 0.0, 0.0
+    tracked: int | None = None
     run.progress.start_epoch(state.epoch + 1, steps, done=state.step_in_epoch)
     for micro, bad in grouped(run.loader, accum, info.device):
         lr, margin = state.lr_sched.step(state.step), state.margin_sched.step(state.step)
         agree = _Agreement(state, run, lr, len(bad))
-        state.step_fn(micro, before_update=agree)
+        # not a run's very first step: it creates the optimizer states (a one-off, as in the profile's
+        # warm-up), so the step the estimate describes is every later one
+        if run.track_memory and tracked is None and state.step > 0:
+            step = functools.partial(state.step_fn, micro, before_update=agree)
+            tracked = measured_step_peak(state.net, state.optimizer, micro, step)
+        else:
+            state.step_fn(micro, before_update=agree)
         state.step += 1
         stats = agree.reduced
         state.epoch_stats[:6] += stats[:3].repeat(2)  # epoch totals, then the log window
@@ -164,7 +176,8 @@ def run_epoch(state: TrainState, run: EpochRun) -> EpochResult:
     totals, skipped = state.epoch_stats[:3].clone(), int(state.epoch_stats[6])
     state.epoch_stats.zero_()
     metrics = _epoch_metrics(state, totals, time.perf_counter() - start, lr, margin, info)
-    return EpochResult({**metrics, "bad_samples": skipped})
+    memory = epoch_memory(info.device, tracked, run.predicted_peak)
+    return EpochResult({**metrics, "bad_samples": skipped, **memory})
 
 
 def _count_bad(state: TrainState, run: EpochRun, bad: list, all_ranks: float) -> None:

@@ -24,6 +24,8 @@ _EPOCH_TAGS = {
     "samples_per_s": "epoch/samples_per_s",
     "peak_mem_bytes": "memory/peak_bytes",
     "predicted_peak_bytes": "memory/predicted_bytes",
+    "measured_peak_bytes": "memory/measured_bytes",
+    "reserved_peak_bytes": "memory/reserved_bytes",
 }
 
 

@@ -112,6 +112,10 @@ class TrainSettings:
     keep_checkpoints: int
     keep_epoch_models: int | None
     tensorboard: bool
+    gpu_memory: str | int | None  # card size for the memory plan (memsv_cli.profile.plan), e.g. 11GiB
+    plan_micro_batch: bool  # the plan may change the micro-batch (BatchNorm sees fewer samples)
+    plan_half_precision: bool  # the plan may switch an fp32 recipe to bf16 / fp16
+    memory_check: bool  # predict the step's peak and log it beside the measured one each epoch
 
 
 @dataclass(frozen=True)

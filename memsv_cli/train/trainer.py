@@ -37,6 +37,7 @@ from memsv_cli.data.training import (
     make_loader,
 )
 from memsv_cli.errors import MemsvError
+from memsv_cli.profile.plan import plan_table
 from memsv_cli.sizes import format_bytes
 from memsv_cli.train import checkpoint as ckpt
 from memsv_cli.train.config import RUNTIME_KEYS, diff_keys, save_config
@@ -50,6 +51,7 @@ from memsv_cli.train.distributed import (
 )
 from memsv_cli.train.epoch import EpochRun, NonFiniteLoss, SaveClock, run_epoch
 from memsv_cli.train.log import TrainLog
+from memsv_cli.train.memory import adopt_saved_plan, choose_memory_plan, memory_report, predict_step_peak
 from memsv_cli.train.progress import TrainProgress
 from memsv_cli.train.settings import Settings
 from memsv_cli.train.signals import StopRequest, ignore_in_worker, signal_name
@@ -151,6 +153,7 @@ class Trainer:
         self.source: TrainingSource | None = None
         self.dataset: Any = None  # what the DataLoader reads (the shard stream is also the plan)
         self.warnings: list[str] = []  # said before train.log was open
+        self.predicted_peak: int | None = None  # bytes, the profiler's estimate of one step
 
     # -- set-up ----------------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -197,6 +200,9 @@ class Trainer:
             return None
         self.newest = Path(str(choice))
         payload = ckpt.load_checkpoint(self.newest)
+        adopted = adopt_saved_plan(payload["config"], self.s.raw)
+        if adopted is not self.s.raw:  # the original config again: continue with the plan it got
+            self.s = Settings.from_config(adopted)
         check_resume_config(self.newest, payload["config"], self.s.raw)
         return payload
 
@@ -249,6 +255,7 @@ class Trainer:
         payload = self._find_checkpoint(resume)
         self.source = source = self._load_data(payload)
         classes = source.num_classes(self.s.data.speed_perturb)
+        plan_lines = self._memory_plan(classes)
         state = build_state(self.s, classes, self._plan(source), self.info)
         if payload is not None:
             check_resume_shape(self.newest, payload, state)
@@ -256,6 +263,8 @@ class Trainer:
         self.log = TrainLog(self.exp_dir, self.info.is_main, tc.tensorboard, start_step)
         for message in self.warnings:
             self.log.info(f"warning: {message}")
+        for line in plan_lines:
+            self.log.info(line)
         if self.info.is_main:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.s.raw, self.exp_dir / "config.yaml")
@@ -267,6 +276,28 @@ class Trainer:
         else:
             self._fresh_start(state)
         return state
+
+    def _memory_plan(self, classes: int) -> list[str]:
+        """Plan for ``train.gpu_memory`` (once: a planned config keeps its plan) and predict the step's
+        peak (``train.memory_check``); rank 0 decides, every rank adopts. Returns train.log lines."""
+        tc, config = self.s.train, None
+        lines: list[str] = []
+        error, predicted = None, None
+        if self.info.is_main:
+            try:
+                if tc.gpu_memory is not None and not self.s.raw.get("memory_plan"):
+                    config, result = choose_memory_plan(self.s.raw, classes, self.info.device)
+                    print(f"memsv train: {result.message}", file=sys.stderr)
+                    lines = [result.message, "memory plans (cheapest first):", *plan_table(result)]
+                if tc.memory_check:
+                    predicted = predict_step_peak(config or self.s.raw, classes, self.info.world_size)
+            except MemsvError as err:
+                error = str(err)
+        self._on_all_ranks(error)
+        config, self.predicted_peak = broadcast_object((config, predicted), self.info)
+        if config is not None:
+            self.s = Settings.from_config(config)
+        return lines
 
     def _fresh_start(self, state: TrainState) -> None:
         if self.s.train.init_model:
@@ -321,6 +352,11 @@ class Trainer:
                 f"{metrics['samples_per_s']:.1f} samples/s peak memory "
                 f"{metrics['peak_mem_bytes'] / 2**20:.1f} MiB ({metrics['peak_mem_kind']})"
             )
+            line, warning = memory_report(metrics)
+            self.log.info(line)
+            if warning:
+                self.log.info(f"warning: {warning}")
+                print(f"memsv train: warning: {warning}", file=sys.stderr)
         error = None
         if self.info.is_main:
             path = self.models_dir / f"model_{state.epoch}.pt"
@@ -375,6 +411,7 @@ class Trainer:
                         loader, self.info, progress, self.log, self.stop, clock,
                         lambda reason: (self.save_full(state, reason), clock.saved()),
                         tc.log_interval, tc.precision, self.s.data.max_bad_fraction, tc.batch_size,
+                        self.predicted_peak, tc.memory_check and self.info.device.type == "cpu",
                     )  # fmt: skip
                     try:
                         outcome = run_epoch(state, run)
