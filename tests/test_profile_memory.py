@@ -115,7 +115,16 @@ def test_cli_json_prints_exactly_one_object_with_the_issue_schema(capsys: pytest
         ]
     )
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"model", "method", "setup", "bytes", "baseline", "saving", "gpu_memory", "memory_plan"}
+    assert set(out) == {
+        "model",
+        "method",
+        "setup",
+        "bytes",
+        "baseline",
+        "saving",
+        "gpu_memory",
+        "memory_plan",
+    }
     assert (out["model"], out["method"]) == ("rev_resnet18", "meta")
     assert out["setup"]["optimizer"] == "adam8bit" and out["setup"]["batch_size"] == 2
     keys = {"parameters", "gradients", "optimizer_states", "activations", "other", "total"}
