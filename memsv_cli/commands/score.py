@@ -52,7 +52,9 @@ def score(
         None, "--cohort", help="Cohort scp for --norm (e.g. spk_xvector.scp of the training speakers)."
     ),
     top_n: int = typer.Option(300, "--top-n", help="AS-norm: number of top cohort scores kept."),
-    out_dir: Path = typer.Option(None, "--out-dir", "-o", help="Write <trials>.score (and DET plots) here."),
+    out_dir: Path = typer.Option(
+        None, "--out-dir", "-o", help="Write <trials>.score (and DET plots) and thresholds.json here."
+    ),
     det_plot: bool = typer.Option(
         False,
         "--det-plot",
@@ -70,17 +72,39 @@ def score(
         "('enroll test score target|nontarget' or 'score target|nontarget').",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
+    qmf_train: Path = typer.Option(
+        None,
+        "--qmf-train",
+        help="Optional QMF calibration (WeSpeaker): train it on this held-out labelled trial list, scored "
+        "the same way, and add a '<trials>.qmf' result and score file per list.",
+    ),
+    qmf_durations: list[Path] = typer.Option(
+        None,
+        "--qmf-durations",
+        help="utt2num_frames or utt2dur file(s) (one unit) for the QMF duration features; repeatable.",
+    ),
+    qmf_embeddings: Path = typer.Option(
+        None,
+        "--qmf-embeddings",
+        help="xvector.scp with the --qmf-train keys, when not --embeddings (e.g. the training set's).",
+    ),
 ) -> None:
-    """Cosine scoring (optionally AS-norm / S-norm) with EER and minDCF (p_target 0.01 and 0.05)."""
+    """Cosine scoring (optionally AS-norm / S-norm, QMF) with EER and minDCF (p_target 0.01 and 0.05).
+
+    Trial keys match embedding keys modulo an audio extension (id10270/x6uYqmx31kE/00001.wav ==
+    id10270/x6uYqmx31kE/00001). With --out-dir, the EER and minDCF thresholds of each labelled list go
+    to thresholds.json there.
+    """
     trial_paths = list(trials or [])
     if more_trials:
         if not trial_paths:
             raise MemsvError(f"unexpected argument {str(more_trials[0])!r} (trial lists follow --trials)")
         trial_paths += more_trials
     if scores is not None:
-        if trial_paths or embeddings is not None:
+        if trial_paths or embeddings is not None or qmf_train is not None:
             raise MemsvError(
-                "--scores evaluates an existing score file: do not combine it with --trials/--embeddings"
+                "--scores evaluates an existing score file: do not combine it with --trials, --embeddings "
+                "or --qmf-train"
             )
         plot = scores.with_name(f"{scores.name}.det.png") if det_plot else None
         results = [evaluate_score_file(scores, det_plot=plot)]
@@ -97,14 +121,19 @@ def score(
             out_dir=out_dir,
             det_plot=det_plot,
             skip_missing=skip_missing,
+            qmf_train=qmf_train,
+            qmf_durations=qmf_durations or (),
+            qmf_embeddings=qmf_embeddings,
         )
     for r in results:
-        if r.num_skipped:
+        if r.num_skipped and not r.qmf:  # the .qmf row has the same trials: say it once
             print(
                 f"memsv score: {r.name}: skipped {r.num_skipped} trial(s) without embeddings", file=sys.stderr
             )
-        if r.note and r.num_target is not None:
+        if r.note and r.num_target is not None and not r.qmf:
             print(f"memsv score: {r.name}: {r.note}", file=sys.stderr)
+        for note in r.notes:
+            print(f"memsv score: {r.name}: {note}", file=sys.stderr)
     if as_json:
         print(json.dumps({"results": [r.to_json() for r in results]}))
     else:

@@ -83,7 +83,9 @@ def compute_error_rates(scores: ArrayLike, labels: ArrayLike) -> ErrorRates:
 
 
 def eer_from_rates(rates: ErrorRates) -> tuple[float, float]:
-    """EER (fraction) and the threshold at the crossing (the score of the first point past it)."""
+    """EER (fraction) and its threshold: the largest distinct score ``t`` at which accepting
+    ``score >= t`` gives P_miss(t) <= P_fa(t), i.e. the first operating point at or past the crossing
+    (P_miss = P_fa exactly there, or the crossing lies on the segment just before it)."""
     diff = rates.p_miss - rates.p_fa  # decreasing from 1 to -1
     # First point where the miss rate no longer exceeds the false-alarm rate.
     i = int(np.argmax(diff <= 0))
@@ -128,7 +130,13 @@ def compute_min_dcf(
 
 @dataclass(frozen=True)
 class Metrics:
-    """The figures reported for one labelled trial list (EER in percent, as papers quote it)."""
+    """The figures reported for one labelled trial list (EER in percent, as papers quote it).
+
+    Thresholds are on the scale of the scores (accept a trial when ``score >= threshold``):
+    ``eer_threshold`` is the largest distinct score at which P_miss <= P_fa (the first operating point at
+    or past the EER crossing, see :func:`eer_from_rates`); ``min_dcf_*_threshold`` the largest one that
+    attains the minimum cost, ``+inf`` when rejecting every trial is (one of) the cheapest.
+    """
 
     num_trials: int
     num_target: int
@@ -136,18 +144,24 @@ class Metrics:
     eer_threshold: float
     min_dcf_01: float
     min_dcf_05: float
+    min_dcf_01_threshold: float
+    min_dcf_05_threshold: float
 
 
 def compute_metrics(scores: ArrayLike, labels: ArrayLike) -> tuple[Metrics, ErrorRates]:
     """EER and minDCF at p_target 0.01 and 0.05 (C_miss = C_fa = 1) from one sort."""
     rates = compute_error_rates(scores, labels)
     eer, thr = eer_from_rates(rates)
+    dcf_01, thr_01 = min_dcf_from_rates(rates, 0.01)
+    dcf_05, thr_05 = min_dcf_from_rates(rates, 0.05)
     y = np.asarray(labels).reshape(-1)
     return Metrics(
         num_trials=int(y.size),
         num_target=int(np.count_nonzero(y)),
         eer_percent=100.0 * eer,
         eer_threshold=thr,
-        min_dcf_01=min_dcf_from_rates(rates, 0.01)[0],
-        min_dcf_05=min_dcf_from_rates(rates, 0.05)[0],
+        min_dcf_01=dcf_01,
+        min_dcf_05=dcf_05,
+        min_dcf_01_threshold=thr_01,
+        min_dcf_05_threshold=thr_05,
     ), rates

@@ -79,6 +79,33 @@ def cohort_stats(
     return mean, std
 
 
+def trial_cohort_stats(
+    enroll_idx: np.ndarray,
+    test_idx: np.ndarray,
+    unit_emb: np.ndarray,
+    unit_cohort: np.ndarray,
+    top_n: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cohort statistics of each trial's two sides (see :func:`cohort_stats`).
+
+    Args:
+        enroll_idx, test_idx: ``(T,)`` rows of ``unit_emb`` for each trial.
+        unit_emb: ``(N, D)`` length-normalised trial embeddings (after mean subtraction).
+        unit_cohort: ``(C, D)`` length-normalised cohort embeddings (after the same mean subtraction).
+        top_n: AS-norm's number of best cohort scores, None for all (S-norm).
+
+    Returns:
+        ``(mean_e, std_e, mean_t, std_t)``, each ``(T,)`` float64; the spreads are floored at float32's
+        epsilon (a cohort of one, or identical cohort scores, would otherwise divide by zero).
+    """
+    # Statistics only for embeddings that occur in a trial (a list may use a fraction of the scp).
+    used = np.unique(np.concatenate([enroll_idx, test_idx]))
+    mean_u, std_u = cohort_stats(unit_emb[used], unit_cohort, top_n)
+    std_u = np.maximum(std_u, np.finfo(np.float32).eps)
+    pos_e, pos_t = np.searchsorted(used, enroll_idx), np.searchsorted(used, test_idx)
+    return mean_u[pos_e], std_u[pos_e], mean_u[pos_t], std_u[pos_t]
+
+
 def normalise_scores(
     scores: np.ndarray,
     enroll_idx: np.ndarray,
@@ -98,14 +125,12 @@ def normalise_scores(
     Returns:
         ``(T,)`` float64 normalised scores.
     """
-    # Statistics only for embeddings that occur in a trial (a list may use a fraction of the scp).
-    used = np.unique(np.concatenate([enroll_idx, test_idx]))
-    mean_u, std_u = cohort_stats(unit_emb[used], unit_cohort, top_n)
-    pos = np.searchsorted(used, enroll_idx), np.searchsorted(used, test_idx)
-    # A zero spread (cohort of one, or identical cohort scores) would divide by zero; its
-    # z-score is then defined by the spread of floating-point noise only, so floor it.
-    floor = np.finfo(np.float32).eps
-    std_u = np.maximum(std_u, floor)
-    z_e = (scores - mean_u[pos[0]]) / std_u[pos[0]]
-    z_t = (scores - mean_u[pos[1]]) / std_u[pos[1]]
-    return 0.5 * (z_e + z_t)
+    stats = trial_cohort_stats(enroll_idx, test_idx, unit_emb, unit_cohort, top_n)
+    return normalise_with_stats(scores, *stats)
+
+
+def normalise_with_stats(
+    scores: np.ndarray, mean_e: np.ndarray, std_e: np.ndarray, mean_t: np.ndarray, std_t: np.ndarray
+) -> np.ndarray:
+    """``0.5 * ((s - mean_e) / std_e + (s - mean_t) / std_t)``; every argument ``(T,)``, result float64."""
+    return 0.5 * ((scores - mean_e) / std_e + (scores - mean_t) / std_t)
