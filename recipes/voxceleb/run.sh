@@ -67,6 +67,8 @@ max_restarts=0             # torchrun restarts a failed worker group this often;
 # Training / scoring
 train_opts=                # extra `memsv train` arguments, e.g. "--set train.epochs=10 --precision bf16"
 resume=false               # continue an interrupted stage 3 from its newest checkpoint
+gpu_memory=                # card size, e.g. 11GiB: stages 3 and 8 train with the cheapest exact memory
+                           # plan that fits (memsv train --gpu-memory; the plan table is in train.log)
 num_avg=                   # checkpoints averaged into avg_model.pt (default: train.num_avg of the config)
 score_norm=asnorm          # stage 6 normalisation (asnorm | snorm)
 top_n=300                  # AS-norm cohort size
@@ -252,6 +254,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   mapfile -t dargs < <(data_args)
   args=(train --config "$config" --exp-dir "$exp_dir" "${dargs[@]}")
   $resume && args+=(--resume)
+  [ -n "$gpu_memory" ] && args+=(--gpu-memory "$gpu_memory")
   [ -n "$num_avg" ] && args+=(--set "train.num_avg=$num_avg")
   # shellcheck disable=SC2206  # train_opts is a word list on purpose
   args+=($train_opts)
@@ -301,7 +304,8 @@ fi
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   # Exactly the setup that was trained: model and width, optimizer, precision, chunk, per-process
-  # micro-batch, recompute chunks (from exp/config.yaml) and the head's classes (from its weights).
+  # micro-batch and accumulation, recompute chunks / checkpointing (from exp/config.yaml, after the
+  # memory plan of --gpu_memory) and the head's classes (from its weights).
   # shellcheck disable=SC2206
   popts=(--exp "$exp_dir" $profile_opts)
   log 7 "memory profile: ${popts[*]} -> $exp_dir/memory.json"
@@ -320,11 +324,12 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
            margin_scheduler.fix_start_epoch=0 scheduler.initial_lr=1.0e-4 scheduler.final_lr=2.5e-5
            scheduler.warm_up_epochs=1 scheduler.warm_from_zero=false train.epochs="$lm_epochs"
            train.num_avg=1 train.init_model="$exp_dir/models/avg_model.pt" train.batch_size="$lm_batch_size"
-           data.speed_perturb=false)
+           data.speed_perturb=false memory_plan=)  # stage 3's plan record does not describe stage 8
   mapfile -t dargs < <(data_args)
   lm_args=(train --config "$exp_dir/config.yaml" --exp-dir "$lm_exp_dir" "${dargs[@]}")
   for kv in "${lm_sets[@]}"; do lm_args+=(--set "$kv"); done
   $resume && lm_args+=(--resume)
+  [ -n "$gpu_memory" ] && lm_args+=(--gpu-memory "$gpu_memory")
   # shellcheck disable=SC2206
   lm_args+=($lm_opts)
   run_train 8 "${rdzv_id}_lm" "$lm_exp_dir" "${lm_args[@]}"
