@@ -74,6 +74,7 @@ class EpochRun:
     predicted_peak: int | None = None  # bytes, the profiler's estimate of one step (train.memory)
     # CPU: follow the epoch's first step with the storage tracker (CUDA reads its allocator's peaks)
     track_memory: bool = False
+    process_start_step: int = 0  # the global step this process started (or resumed) at
 
 
 @dataclass
@@ -144,9 +145,9 @@ def run_epoch(state: TrainState, run: EpochRun) -> EpochResult:
     for micro, bad in grouped(run.loader, accum, info.device):
         lr, margin = state.lr_sched.step(state.step), state.margin_sched.step(state.step)
         agree = _Agreement(state, run, lr, len(bad))
-        # not a run's very first step: it creates the optimizer states (a one-off, as in the profile's
-        # warm-up), so the step the estimate describes is every later one
-        if run.track_memory and tracked is None and state.step > 0:
+        # not this process's first step: it creates the optimizer states and the 8-bit quantiser tables
+        # (a one-off, as the profile's warm-up), so the step the estimate describes is every later one
+        if run.track_memory and tracked is None and state.step > run.process_start_step:
             step = functools.partial(state.step_fn, micro, before_update=agree)
             tracked = measured_step_peak(state.net, state.optimizer, micro, step)
         else:

@@ -154,6 +154,7 @@ class Trainer:
         self.dataset: Any = None  # what the DataLoader reads (the shard stream is also the plan)
         self.warnings: list[str] = []  # said before train.log was open
         self.predicted_peak: int | None = None  # bytes, the profiler's estimate of one step
+        self.start_step = 0  # global step this process starts (or resumes) at
 
     # -- set-up ----------------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -259,7 +260,7 @@ class Trainer:
         state = build_state(self.s, classes, self._plan(source), self.info)
         if payload is not None:
             check_resume_shape(self.newest, payload, state)
-        start_step = int(payload["step"]) if payload is not None else 0
+        start_step = self.start_step = int(payload["step"]) if payload is not None else 0
         self.log = TrainLog(self.exp_dir, self.info.is_main, tc.tensorboard, start_step)
         for message in self.warnings:
             self.log.info(f"warning: {message}")
@@ -412,6 +413,7 @@ class Trainer:
                         lambda reason: (self.save_full(state, reason), clock.saved()),
                         tc.log_interval, tc.precision, self.s.data.max_bad_fraction, tc.batch_size,
                         self.predicted_peak, tc.memory_check and self.info.device.type == "cpu",
+                        self.start_step,
                     )  # fmt: skip
                     try:
                         outcome = run_epoch(state, run)
