@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from memsv_cli.console import console as make_console
+
+if TYPE_CHECKING:
+    from memsv_cli.similarity import SimilarityResult
 
 _CHECKPOINT_HELP = "EXP/models/avg_model.pt (or model_N.pt); the model is built from the config saved in it."
 _FBANK_HELP = (
@@ -102,7 +106,12 @@ def similarity_command(
     )
     if as_json:
         print(json.dumps(r.to_json()))
-        return
+    else:
+        _print_similarity(r)
+
+
+def _print_similarity(r: SimilarityResult) -> None:
+    """Score, decision, threshold origin and mean, one ``name value`` line each."""
     c = r.choice
     print(f"score     {r.score:.6f}")
     if r.same is None:
