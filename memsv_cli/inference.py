@@ -133,8 +133,8 @@ class Embedder:
         with ``vad`` (a :class:`memsv_cli.vad.SileroVad`); ``(samples,)`` float32 in the int16 range."""
         try:
             samples = read_audio(str(path), sample_rate=self.fbank.sample_rate, resample=True)
-        except AudioError as err:
-            raise MemsvError(f"{path}: {err}") from None
+        except AudioError as err:  # its messages about a missing or undecodable file name it already
+            raise MemsvError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
         return samples if vad is None else vad.speech(samples, self.fbank.sample_rate, path)
 
     def embed_file(self, path: str | Path, window: int | None = None, vad: Any = None) -> np.ndarray:

@@ -298,6 +298,13 @@ def test_similarity_decides_with_the_threshold_memsv_score_stored(mini, capsys) 
         assert result["score"] == pytest.approx(scores[(trial.enroll, trial.test)], abs=2e-6)  # = memsv score
         assert result["threshold"] == threshold and result["threshold_kind"] == "eer"
         assert result["list"] == "mini.kaldi" and result["mean_from"] == str(mini["train_emb"])
+    wavs = mini["wavs"]
+    code, stdout, err = run_main(
+        ["similarity", wavs[target.enroll], wavs[target.test], "--checkpoint", str(mini["ckpt"])], capsys
+    )
+    assert code == 0, err
+    assert f"decision  same speaker (score >= {threshold:.6f})" in stdout
+    assert f"threshold eer of list 'mini.kaldi' in {path}" in stdout and str(mini["train_emb"]) in stdout
     # A stored minDCF threshold, or a number, instead of the EER one.
     mid = (scores[(target.enroll, target.test)] + scores[(nontarget.enroll, nontarget.test)]) / 2
     assert (

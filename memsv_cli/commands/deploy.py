@@ -120,8 +120,10 @@ def _print_similarity(r: SimilarityResult) -> None:
     else:
         rule = ">=" if r.same else "<"
         print(f"decision  {'same' if r.same else 'different'} speaker (score {rule} {c.threshold:.6f})")
-        where = f" of list {c.list_name!r} in {c.file}" if c.list_name is not None else ""
-        print(f"threshold {c.kind}{where}")
+        if c.kind == "value":
+            print("threshold given with --threshold")
+        else:
+            print(f"threshold {c.kind} of list {c.list_name!r} in {c.file}")
     print(f"mean      {r.mean_from or 'none subtracted'}")
 
 
