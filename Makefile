@@ -14,7 +14,7 @@ APT_PACKAGES := ffmpeg sox
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -qq $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PY) -m pip install -qq -e ".[dev]"
+	$(PY) -m pip install -qq -e ".[dev,export,vad]"
 	touch $@
 
 install: system-deps $(VENV)/.installed

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "embed",
     "score",
+    "deploy",
     "profile",
     "models",
 )

@@ -1,7 +1,12 @@
 """``extract-embeddings``: whole-utterance speaker embeddings from a checkpoint, as Kaldi ark/scp.
 
 - Input: a features directory with ``feats.scp`` (``utt2num_frames`` used when present, ``utt2spk``
-  needed only for speaker means).
+  needed only for speaker means), or a data directory with ``wav.scp`` (``feats.scp`` wins when both
+  are there): features are then computed on the fly by the code ``extract-fbank`` runs
+  (:func:`memsv_cli.data.fbank.audio_fbank`) with the options the model was trained on
+  (:func:`memsv_cli.inference.feature_options`) and dither 0, so the embeddings equal those of
+  ``extract-fbank`` followed by ``extract-embeddings`` on its output. Audio lengths are known only
+  once decoded, so each audio utterance is a batch of its own.
 - Every utterance is mean-normalised over its frames, as in training (there per 200-frame chunk,
   here over the whole utterance), and embedded whole: no cropping, no padding.
 - Batching never changes a result: only utterances of *identical* length share a batch, so every batch
@@ -82,6 +87,42 @@ def plan_batches(lengths: Mapping[str, int], batch_size: int, max_batch_frames: 
         utts = by_length[frames]
         batches += [utts[i : i + per_batch] for i in range(0, len(utts), per_batch)]
     return batches
+
+
+class _AudioReader(Dataset):
+    """Item ``i``: ``(utt, (1, frames, F) float32 tensor or None, error or None)``, mean-normalised.
+
+    Audio errors travel as values: an exception raised in a DataLoader worker reaches the main process
+    re-wrapped with the worker's traceback in its message, not as one line.
+    """
+
+    def __init__(self, entries: list[tuple[str, str]], fbank: Any) -> None:
+        self.entries, self.fbank = entries, fbank
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[str, torch.Tensor | None, str | None]:
+        from memsv_cli.data.audio import AudioError, raise_if_interrupted
+        from memsv_cli.data.fbank import audio_fbank
+
+        utt, spec = self.entries[index]
+        try:
+            _, feats = audio_fbank(spec, self.fbank)
+        except AudioError as err:
+            raise_if_interrupted(err)
+            return utt, None, str(err)
+        return utt, torch.from_numpy(mean_normalise(feats))[None], None
+
+
+def _audio_batches(
+    loader: DataLoader, wav_scp: Path, lines: Mapping[str, int]
+) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """Batches of one utterance from an :class:`_AudioReader` loader; its first error as InputError."""
+    for utt, feats, error in loader:
+        if error is not None:
+            raise InputError(wav_scp, f"utterance {utt!r}: {error}", lines[utt])
+        yield [utt], feats
 
 
 class _BatchReader(Dataset):
@@ -196,74 +237,77 @@ class EmbedSummary:
     seconds: float
 
 
-def extract_embeddings(
-    checkpoint: str | Path,
-    feats_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    batch_size: int | None = None,
-    max_batch_frames: int = 64_000,
-    nj: int = 0,
-    device: str = "auto",
-    spk_mean: bool = False,
-    progress: bool = True,
-) -> EmbedSummary:
-    """Embed every utterance of ``feats_dir/feats.scp`` with the model of ``checkpoint``.
+@dataclass
+class _Source:
+    """What to embed: the utterances, and a ``(batches, close)`` factory over them."""
 
-    Args:
-        checkpoint: ``avg_model.pt`` or ``epoch_N.pt``; the model is built from its saved config.
-        feats_dir: directory with ``feats.scp`` (and ``utt2num_frames``; ``utt2spk`` for ``spk_mean``).
-        out_dir: receives ``xvector.{ark,scp}`` (and ``spk_xvector.{ark,scp}``).
-        batch_size: utterances per batch (only identical lengths are batched together); None: 64 on
-            CUDA, 1 on CPU, where batching measured no faster (benchmarks/scoring.py --embed).
-        max_batch_frames: frames per batch cap (memory bound for long utterances).
-        nj: feature-reading worker processes (0 reads in the main process).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        spk_mean: also write per-speaker mean embeddings.
-        progress: show a rich progress bar on stderr.
-    """
-    from memsv_cli.train.checkpoint import load_model_from_checkpoint
+    kind: str  # "feats" or "audio"
+    path: Path  # feats.scp or wav.scp
+    utts: list[str]
+    num_batches: int
+    open: Callable[[int, bool], tuple[Iterator[tuple[list[str], torch.Tensor]], Callable[[], None]]]
 
-    start = time.perf_counter()
-    feats_dir, out_dir = Path(feats_dir), Path(out_dir)
+
+def _feats_source(feats_dir: Path, batch_size: int, max_batch_frames: int) -> _Source:
+    """Features of ``feats.scp``, batched by identical length (:func:`plan_batches`)."""
     scp = feats_dir / "feats.scp"
-    if not feats_dir.is_dir():
-        raise MemsvError(f"{feats_dir}: no such features directory")
-    if nj < 0:
-        raise MemsvError(f"--nj must be >= 0, got {nj}")
     arks = read_feats_scp(scp)
     if not arks:
         raise InputError(scp, "empty: no utterances")
-    utt2spk = None
-    if spk_mean:
-        utt2spk_path = feats_dir / "utt2spk"
-        if not utt2spk_path.is_file():
-            raise MemsvError(f"--spk-mean needs {utt2spk_path} (speaker of each utterance)")
-        utt2spk = read_utt2spk(utt2spk_path)
-        missing = [u for u in arks if u not in utt2spk]
-        if missing:
-            raise InputError(
-                utt2spk_path,
-                f"{len(missing)} utterance(s) of feats.scp have no speaker, first {missing[0]!r}",
-            )
-    torch_device = resolve_device(device)
-    model, _config = load_model_from_checkpoint(checkpoint, torch_device)
     lengths = _utterance_lengths(feats_dir, arks)
     empty = [u for u, n in lengths.items() if n == 0]
     if empty:
         raise InputError(scp, f"{len(empty)} utterance(s) have no frames, first {empty[0]!r}")
-    if batch_size is None:
-        batch_size = 64 if torch_device.type == "cuda" else 1
     batches = plan_batches(lengths, batch_size, max_batch_frames)
-    reader = _BatchReader(batches, arks, scp)
-    loader = DataLoader(
-        reader,
-        batch_size=None,
-        shuffle=False,
-        num_workers=nj,
-        pin_memory=torch_device.type == "cuda",
-    )
 
+    def open_(nj: int, pin: bool) -> tuple[Iterator[tuple[list[str], torch.Tensor]], Callable[[], None]]:
+        reader = _BatchReader(batches, arks, scp)
+        loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=nj, pin_memory=pin)
+        return iter(loader), reader.close
+
+    return _Source("feats", scp, list(arks), len(batches), open_)
+
+
+def _audio_source(data_dir: Path, config: dict[str, Any], fbank_conf: str | Path | None) -> _Source:
+    """Audio of ``wav.scp``, features on the fly with the training options, one utterance per batch."""
+    from memsv_cli.data.kaldi_dir import read_wav_scp
+    from memsv_cli.inference import feature_options
+
+    wav_scp = data_dir / "wav.scp"
+    table = read_wav_scp(wav_scp)
+    if not table:
+        raise InputError(wav_scp, "empty: no utterances")
+    fbank, _ = feature_options(config, fbank_conf)
+    lines = {utt: i for i, utt in enumerate(table, start=1)}
+    entries = [(utt, table[utt]) for utt in c_sorted(table)]
+
+    def open_(nj: int, pin: bool) -> tuple[Iterator[tuple[list[str], torch.Tensor]], Callable[[], None]]:
+        loader = DataLoader(
+            _AudioReader(entries, fbank), batch_size=None, shuffle=False, num_workers=nj, pin_memory=pin
+        )
+        return _audio_batches(loader, wav_scp, lines), lambda: None
+
+    return _Source("audio", wav_scp, list(table), len(entries), open_)
+
+
+def _check_utt2spk(data_dir: Path, utts: list[str], listed_in: Path) -> dict[str, str]:
+    """``utt2spk`` of ``data_dir``, which must name a speaker for every utterance (``--spk-mean``)."""
+    path = data_dir / "utt2spk"
+    if not path.is_file():
+        raise MemsvError(f"--spk-mean needs {path} (speaker of each utterance)")
+    utt2spk = read_utt2spk(path)
+    missing = [u for u in utts if u not in utt2spk]
+    if missing:
+        raise InputError(
+            path, f"{len(missing)} utterance(s) of {listed_in.name} have no speaker, first {missing[0]!r}"
+        )
+    return utt2spk
+
+
+def _run_with_progress(
+    model: torch.nn.Module, source: _Source, device: torch.device, nj: int, progress: bool
+) -> dict[str, np.ndarray]:
+    """Embed every batch of ``source`` with a rich progress bar on stderr (unless ``progress`` is off)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -275,13 +319,64 @@ def extract_embeddings(
         console=make_console(stderr=True),
         disable=not progress,
     ) as bar:
-        task = bar.add_task("embed", total=len(arks))
+        task = bar.add_task("embed", total=len(source.utts))
+        batches, close = source.open(nj, device.type == "cuda")
         try:
-            vectors = embed_batches(
-                model, iter(loader), torch_device, on_batch=lambda n: bar.update(task, advance=n)
-            )
+            return embed_batches(model, batches, device, on_batch=lambda n: bar.update(task, advance=n))
         finally:
-            reader.close()
+            close()
+
+
+def extract_embeddings(
+    checkpoint: str | Path,
+    feats_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    batch_size: int | None = None,
+    max_batch_frames: int = 64_000,
+    nj: int = 0,
+    device: str = "auto",
+    spk_mean: bool = False,
+    progress: bool = True,
+    fbank_conf: str | Path | None = None,
+) -> EmbedSummary:
+    """Embed every utterance of ``feats_dir`` (``feats.scp``, else ``wav.scp``) with ``checkpoint``'s model.
+
+    Args:
+        checkpoint: ``avg_model.pt`` or ``epoch_N.pt``; the model is built from its saved config.
+        feats_dir: directory with ``feats.scp`` (and ``utt2num_frames``), or with ``wav.scp`` (audio:
+            features on the fly, see the module docstring); ``utt2spk`` for ``spk_mean``.
+        out_dir: receives ``xvector.{ark,scp}`` (and ``spk_xvector.{ark,scp}``).
+        batch_size: utterances per batch (only identical lengths are batched together); None: 64 on
+            CUDA, 1 on CPU, where batching measured no faster (benchmarks/scoring.py --embed).
+        max_batch_frames: frames per batch cap (memory bound for long utterances).
+        nj: feature-reading (audio: feature-computing) worker processes (0: the main process).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        spk_mean: also write per-speaker mean embeddings.
+        progress: show a rich progress bar on stderr.
+        fbank_conf: audio input only: the fbank options (a ``fbank.conf``) instead of the training's.
+    """
+    from memsv_cli.inference import plain_model
+    from memsv_cli.train.checkpoint import load_model_from_checkpoint
+
+    start = time.perf_counter()
+    feats_dir, out_dir = Path(feats_dir), Path(out_dir)
+    if not feats_dir.is_dir():
+        raise MemsvError(f"{feats_dir}: no such features directory")
+    if not (feats_dir / "feats.scp").is_file() and not (feats_dir / "wav.scp").is_file():
+        raise MemsvError(f"{feats_dir}: neither feats.scp (extract-fbank output) nor wav.scp (a data dir)")
+    if nj < 0:
+        raise MemsvError(f"--nj must be >= 0, got {nj}")
+    torch_device = resolve_device(device)
+    if batch_size is None:
+        batch_size = 64 if torch_device.type == "cuda" else 1
+    model, config = load_model_from_checkpoint(checkpoint, torch_device)
+    if (feats_dir / "feats.scp").is_file():
+        source = _feats_source(feats_dir, batch_size, max_batch_frames)
+    else:
+        source = _audio_source(feats_dir, config, fbank_conf)
+    utt2spk = _check_utt2spk(feats_dir, source.utts, source.path) if spk_mean else None
+    vectors = _run_with_progress(plain_model(model), source, torch_device, nj, progress)
     xvector_scp = write_vectors(out_dir, "xvector", vectors)
     spk_scp, num_spk = None, None
     if utt2spk is not None:
@@ -289,7 +384,7 @@ def extract_embeddings(
         spk_scp, num_spk = write_vectors(out_dir, "spk_xvector", means), len(means)
     dim = int(next(iter(vectors.values())).shape[0])
     return EmbedSummary(
-        len(vectors), len(batches), dim, xvector_scp, spk_scp, num_spk, time.perf_counter() - start
+        len(vectors), source.num_batches, dim, xvector_scp, spk_scp, num_spk, time.perf_counter() - start
     )
 
 

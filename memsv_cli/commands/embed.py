@@ -17,7 +17,10 @@ def extract_embeddings_command(
         help="EXP/models/avg_model.pt (or epoch_N.pt); the model is built from the config saved in it.",
     ),
     data: Path = typer.Option(
-        ..., "--data", help="Features dir: feats.scp (+ utt2num_frames; utt2spk for --spk-mean)."
+        ...,
+        "--data",
+        help="Features dir: feats.scp (+ utt2num_frames), or a data dir with wav.scp (features on the fly "
+        "with the training's options); utt2spk for --spk-mean.",
     ),
     out: Path = typer.Option(..., "--out", help="Output dir for xvector.ark/scp."),
     batch_size: int | None = typer.Option(
@@ -39,8 +42,17 @@ def extract_embeddings_command(
         "mean embeddings (an AS-norm cohort); needs utt2spk in --data.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    fbank_conf: Path | None = typer.Option(
+        None,
+        "--fbank-conf",
+        help="wav.scp input: fbank.conf to use instead of the training's options.",
+        show_default=False,
+    ),
 ) -> None:
-    """Whole-utterance speaker embeddings (per-utterance mean-normalised features) as Kaldi ark/scp."""
+    """Whole-utterance speaker embeddings (per-utterance mean-normalised features) as Kaldi ark/scp.
+
+    From feats.scp (extract-fbank) or from wav.scp: the same features, so the same embeddings.
+    """
     from memsv_cli.embed import extract_embeddings
 
     s = extract_embeddings(
@@ -53,6 +65,7 @@ def extract_embeddings_command(
         device=device,
         spk_mean=spk_mean,
         progress=progress,
+        fbank_conf=fbank_conf,
     )
     table = Table(title="extract-embeddings")
     table.add_column("output", overflow="fold")

@@ -93,13 +93,15 @@ def _decode(source: str | io.BytesIO) -> tuple[np.ndarray, int]:
     return data, rate
 
 
-def read_audio(spec: str, *, sample_rate: int = 16000) -> np.ndarray:
+def read_audio(spec: str, *, sample_rate: int = 16000, resample: bool = False) -> np.ndarray:
     """Read one ``wav.scp`` value as mono samples.
 
     Args:
         spec: a file path (WAV, FLAC, anything libsndfile reads) or a pipe command ending in ``|``.
         sample_rate: the required rate in Hz; audio at another rate is an error (resample with sox or
             ffmpeg when preparing the data, as Kaldi recipes do, rather than silently here).
+        resample: instead of refusing another rate, resample to ``sample_rate`` with soxr (quality HQ,
+            the resampler of sox): for single files given to ``memsv embed`` / ``similarity``.
 
     Returns:
         float32 array of shape ``(samples,)`` in the int16 range.
@@ -127,10 +129,17 @@ def read_audio(spec: str, *, sample_rate: int = 16000) -> np.ndarray:
         raise AudioError(f"cannot decode audio {what}: {err}") from None
     except OSError as err:
         raise AudioError(f"cannot read {spec}: {err.strerror or err}") from None
-    if rate != sample_rate:
+    if rate != sample_rate and not resample:
         raise AudioError(f"sample rate {rate} Hz, expected {sample_rate} Hz (resample with sox/ffmpeg)")
     if data.shape[1] != 1:
         raise AudioError(f"{data.shape[1]} channels, expected mono (downmix with sox/ffmpeg)")
     if data.shape[0] == 0:
         raise AudioError("empty audio (0 samples)")
-    return data[:, 0] * np.float32(INT16_SCALE)
+    samples = data[:, 0] * np.float32(INT16_SCALE)
+    if rate != sample_rate:
+        import soxr
+
+        samples = soxr.resample(samples, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+        if samples.shape[0] == 0:
+            raise AudioError(f"empty audio after resampling {rate} Hz to {sample_rate} Hz")
+    return samples

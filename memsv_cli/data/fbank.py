@@ -102,6 +102,53 @@ class FbankConfig:
             "--energy-floor=0.0\n"
         )
 
+    @classmethod
+    def from_kaldi_conf(cls, path: str | Path) -> FbankConfig:
+        """Read the ``fbank.conf`` that :meth:`kaldi_conf` wrote (extract-fbank's output dir).
+
+        Raises:
+            InputError: an unreadable file, a line that is not ``--name=value``, an option this
+                implementation does not have, or a value that is not a number.
+        """
+        fields = {
+            "sample-frequency": ("sample_rate", int),
+            "num-mel-bins": ("num_mel_bins", int),
+            "frame-length": ("frame_length_ms", float),
+            "frame-shift": ("frame_shift_ms", float),
+            "dither": ("dither", float),
+            "low-freq": ("low_freq_hz", float),
+            "high-freq": ("high_freq_hz", float),
+        }
+        values: dict[str, float | int] = {}
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(path, f"cannot read the fbank options ({err})") from None
+        for number, line in enumerate(lines, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            name, sep, value = text.removeprefix("--").partition("=")
+            if not text.startswith("--") or not sep:
+                raise InputError(path, f"expected --name=value, got {text!r}", number)
+            if name not in fields and name != "energy-floor":
+                raise InputError(path, f"unsupported fbank option --{name}={value}", number)
+            try:
+                number_value = float(value)
+            except ValueError:
+                raise InputError(path, f"--{name}: not a number: {value!r}", number) from None
+            if name == "energy-floor":  # memsv always uses 0 (no floor on the log-Mel energies)
+                if number_value != 0.0:
+                    raise InputError(
+                        path, f"unsupported fbank option --{name}={value} (memsv uses 0)", number
+                    )
+                continue
+            key, kind = fields[name]
+            values[key] = kind(number_value)
+        cfg = cls(**values)  # type: ignore[arg-type]
+        cfg.validate()
+        return cfg
+
 
 def _knf_options(cfg: FbankConfig) -> knf.FbankOptions:
     opts = knf.FbankOptions()
@@ -237,13 +284,30 @@ _RECORD_FORMAT = 1  # bump when what a job writes changes: records of another fo
 _JOB_ARK = re.compile(r"^feats(\.\d+)?\.ark$")
 
 
+def audio_fbank(spec: str, cfg: FbankConfig, backend: str = "kaldi-native") -> tuple[int, np.ndarray]:
+    """(samples read, ``(frames, num_mel_bins)`` float32 features) of one wav.scp entry.
+
+    The one path from audio to features for extract-fbank and for embedding audio directly
+    (``extract-embeddings`` on a wav.scp), so both give the same matrices.
+
+    Raises:
+        AudioError: audio that cannot be used (see :func:`read_audio`), or shorter than one frame.
+    """
+    samples = read_audio(spec, sample_rate=cfg.sample_rate)
+    return len(samples), fbank_of_samples(samples, cfg, backend)
+
+
+def fbank_of_samples(samples: np.ndarray, cfg: FbankConfig, backend: str = "kaldi-native") -> np.ndarray:
+    """:func:`compute_fbank` that refuses audio shorter than one frame (:class:`AudioError`)."""
+    feats = compute_fbank(samples, cfg, backend)
+    if feats.shape[0] == 0:
+        raise AudioError(f"{len(samples)} samples is shorter than one {cfg.frame_length_ms:g} ms frame")
+    return feats
+
+
 def _utterance_features(job: _Job, spec: str) -> tuple[int, np.ndarray]:
     """(samples read, features) of one wav.scp entry; AudioError for audio that cannot be used."""
-    samples = read_audio(spec, sample_rate=job.cfg.sample_rate)
-    feats = compute_fbank(samples, job.cfg, job.backend)
-    if feats.shape[0] == 0:
-        raise AudioError(f"{len(samples)} samples is shorter than one {job.cfg.frame_length_ms:g} ms frame")
-    return len(samples), feats
+    return audio_fbank(spec, job.cfg, job.backend)
 
 
 def _run_job(job: _Job, report: Report) -> _JobResult:
