@@ -13,17 +13,16 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from memsv_cli.errors import InputError, MemsvError
+from memsv_cli.errors import MemsvError
+from memsv_cli.scoring.thresholds import ListThresholds, read_thresholds
 
-#: ``--threshold`` names -> thresholds.json keys
+#: ``--threshold`` names -> fields of :class:`~memsv_cli.scoring.thresholds.ListThresholds`
 THRESHOLD_KEYS = {
     "eer": "eer_threshold",
     "mindcf01": "min_dcf_01_threshold",
@@ -31,45 +30,20 @@ THRESHOLD_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class ListThresholds:
-    """One un-normalised trial list of ``thresholds.json``: its name, mean and thresholds by kind."""
-
-    name: str
-    trials: str | None
-    mean_from: str | None
-    thresholds: dict[str, float | None]  # THRESHOLD_KEYS names -> value (None: not stored)
-
-
-def read_thresholds(path: str | Path) -> list[ListThresholds]:
-    """The lists of a ``thresholds.json`` (version 1) scored without normalisation, in file order.
-
-    Kept in one function so that it can be swapped for ``memsv_cli.scoring``'s own reader.
+def raw_cosine_lists(path: str | Path) -> list[ListThresholds]:
+    """The entries of a ``thresholds.json`` scored without normalisation (``norm`` null), in file order.
 
     Raises:
-        InputError: unreadable JSON, another version, or entries without a name.
+        InputError: a file that :func:`memsv_cli.scoring.thresholds.read_thresholds` rejects.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot read the thresholds ({err})") from None
-    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("lists"), list):
-        raise InputError(path, "not a memsv thresholds file (version 1 with a 'lists' array)")
-    out = []
-    for entry in data["lists"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise InputError(path, f"a list entry without a name: {entry!r}")
-        if entry.get("norm") is not None:
-            continue
+    return [entry for entry in read_thresholds(path) if entry.norm is None]
 
-        def number(key: str, e: dict[str, Any] = entry) -> float | None:
-            value = e.get(key)
-            return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
-        thresholds = {kind: number(key) for kind, key in THRESHOLD_KEYS.items()}
-        out.append(ListThresholds(entry["name"], entry.get("trials"), entry.get("mean_from"), thresholds))
-    return out
+def stored_threshold(entry: ListThresholds, kind: str) -> float | None:
+    """``entry``'s threshold of ``kind`` (a :data:`THRESHOLD_KEYS` name); None where the file stores null
+    (the reader admits only finite numbers or null, so None is the one "no threshold" case)."""
+    value = getattr(entry, THRESHOLD_KEYS[kind])
+    return None if value is None else float(value)
 
 
 def default_thresholds_path(checkpoint: str | Path) -> Path:
@@ -125,7 +99,7 @@ def choose_threshold(
     file = Path(thresholds) if thresholds is not None else default_thresholds_path(checkpoint)
     if thresholds is not None and not file.is_file():
         raise MemsvError(f"{file}: no such thresholds file")
-    lists = read_thresholds(file) if file.is_file() else []
+    lists = raw_cosine_lists(file) if file.is_file() else []
     if not lists:
         found = file if file.is_file() else None
         if value is not None:
@@ -144,7 +118,7 @@ def choose_threshold(
             raise MemsvError(note)
         return Choice(None, None, None, found, None, note)
     entry = _pick_list(lists, file, list_name)
-    stored = value if value is not None else entry.thresholds[kind]
+    stored = value if value is not None else stored_threshold(entry, kind)
     if stored is None:
         message = f"{file}: list {entry.name!r} stores no finite {kind} threshold"
         if threshold is not None:
@@ -234,12 +208,12 @@ def similarity(
 __all__ = [
     "THRESHOLD_KEYS",
     "Choice",
-    "ListThresholds",
     "SimilarityResult",
     "choose_threshold",
     "cosine_score",
     "default_thresholds_path",
-    "read_thresholds",
+    "raw_cosine_lists",
     "similarity",
+    "stored_threshold",
     "training_mean",
 ]

@@ -27,7 +27,7 @@ from memsv_cli.errors import MemsvError
 from memsv_cli.inference import feature_options, load_embedder, window_spans
 from memsv_cli.models import get_model
 from memsv_cli.scoring.metrics import compute_error_rates, eer_from_rates, min_dcf_from_rates
-from memsv_cli.similarity import read_thresholds
+from memsv_cli.similarity import choose_threshold, raw_cosine_lists
 from memsv_cli.train.checkpoint import save_checkpoint
 from memsv_cli.vad import vad_available
 
@@ -283,9 +283,9 @@ def _similarity(mini, a: str, b: str, capsys, *extra: str) -> dict:
 
 def test_similarity_decides_with_the_threshold_memsv_score_stored(mini, capsys) -> None:
     path, scores = _write_thresholds(mini, capsys)
-    entry = read_thresholds(path)[0]  # the AS-norm list is skipped: a raw cosine cannot use it
+    entry = raw_cosine_lists(path)[0]  # the AS-norm list is skipped: a raw cosine cannot use it
     assert entry.name == "mini.kaldi" and entry.mean_from == str(mini["train_emb"])
-    threshold = entry.thresholds["eer"]
+    threshold = entry.eer_threshold
     trials = read_trials(mini["root"] / "fbank" / "mini_test" / "trials" / "mini.kaldi")
     # The untrained model is no verifier: take a same-speaker trial that its EER threshold accepts and a
     # different-speaker one it rejects (both exist for any EER below 100%).
@@ -310,7 +310,7 @@ def test_similarity_decides_with_the_threshold_memsv_score_stored(mini, capsys) 
     assert (
         _similarity(mini, target.enroll, target.test, capsys, "--threshold", f"{mid}")["decision"] == "same"
     )
-    dcf = entry.thresholds["mindcf05"]
+    dcf = entry.min_dcf_05_threshold
     if dcf is not None:
         r = _similarity(mini, nontarget.enroll, nontarget.test, capsys, "--threshold", "mindcf05")
         assert r["threshold"] == dcf and r["decision"] == ("same" if r["score"] >= dcf else "different")
@@ -342,9 +342,7 @@ def test_similarity_without_thresholds_prints_the_score_and_how_to_get_one(
     assert "mean      none subtracted" in stdout
     # Only score-normalised lists: a raw cosine is not comparable with them.
     normed = tmp_path / "t.json"
-    normed.write_text(
-        json.dumps({"version": 1, "lists": [{"name": "x", "norm": "asnorm", "eer_threshold": 2.0}]})
-    )
+    normed.write_text(json.dumps({"version": 1, "lists": [_entry("x", norm="asnorm", eer_threshold=2.0)]}))
     r = _similarity(mini, a, b, capsys, "--thresholds", str(normed))
     assert r["decision"] is None and "only score-normalised lists" in r["note"]
     code, _, err = run_main(
@@ -361,6 +359,42 @@ def test_similarity_without_thresholds_prints_the_score_and_how_to_get_one(
     )
     assert code == 1
     assert_one_line(err, "memsv similarity: error:", "no.json: no such thresholds file")
+
+
+def _entry(name: str, **fields: object) -> dict:
+    """A complete thresholds.json entry (the file format of memsv_cli.scoring.thresholds)."""
+    return {
+        "name": name,
+        "trials": f"/t/{name}",
+        "embeddings": "/e.scp",
+        "mean_from": None,
+        "norm": None,
+        "eer_percent": 10.0,
+        "eer_threshold": 0.4,
+        "min_dcf_01": 1.0,
+        "min_dcf_01_threshold": None,
+        "min_dcf_05": 0.5,
+        "min_dcf_05_threshold": 0.6,
+    } | fields
+
+
+def test_similarity_threshold_choice_reads_the_scoring_module_file(tmp_path: Path) -> None:
+    """No model needed: --threshold / --list resolved against a thresholds.json (norm null only)."""
+    path = tmp_path / "thresholds.json"
+    lists = [_entry("n", norm="snorm", eer_threshold=5.0), _entry("a"), _entry("b", eer_threshold=0.3)]
+    path.write_text(json.dumps({"version": 1, "lists": lists}))
+    ckpt = tmp_path / "m.pt"
+    c = choose_threshold(ckpt, path, None, None)  # the first un-normalised list, its EER threshold
+    assert (c.threshold, c.kind, c.list_name, c.note) == (0.4, "eer", "a", None)
+    assert choose_threshold(ckpt, path, "mindcf05", "b").threshold == 0.6
+    assert choose_threshold(ckpt, path, "0.25", "b").threshold == 0.25
+    with pytest.raises(MemsvError, match="list 'a' stores no finite mindcf01 threshold"):
+        choose_threshold(ckpt, path, "mindcf01", None)  # null: rejecting every trial was cheapest
+    with pytest.raises(MemsvError, match="no un-normalised list named 'n'"):
+        choose_threshold(ckpt, path, None, "n")
+    path.write_text(json.dumps({"version": 1, "lists": [_entry("a", eer_threshold="x")]}))
+    with pytest.raises(MemsvError, match="eer_threshold must be a finite number"):
+        choose_threshold(ckpt, path, None, None)  # the scoring module's validation, one line
 
 
 # ---------------------------------------------------------------------------------------------------
