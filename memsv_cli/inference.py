@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,22 @@ from memsv_cli.errors import MemsvError
 def feature_options(config: dict[str, Any], fbank_conf: str | Path | None = None) -> tuple[FbankConfig, str]:
     """The fbank options a model was trained on, with dither 0: ``(options, where they came from)``.
 
-    Order: ``fbank_conf`` when given; else ``fbank.conf`` in the training dir the config records
+    Order: ``fbank_conf`` when given; else the options ``memsv train`` recorded in the config
+    (``features``); else (experiments trained before it recorded them) ``fbank.conf`` in the training
+    dir the config records
     (``data.dir``; extract-fbank writes it, so a ``data.type: feat`` run trained on exactly those);
     else, for a run that computed its features online (``data.type`` raw or shard, or a training dir
     holding ``wav.scp`` / ``shard.list``) or a config that records no training dir, memsv's defaults
     (:class:`FbankConfig()`, what the online chain uses). A feature-trained run whose ``fbank.conf``
     cannot be found is an error naming ``--fbank-conf``: guessing could silently change the features.
     """
+    recorded = config.get("features")
     if fbank_conf is not None:
         cfg, source = FbankConfig.from_kaldi_conf(fbank_conf), str(fbank_conf)
+    elif recorded:  # what memsv train recorded (config ``features``)
+        names = {f.name for f in fields(FbankConfig)}
+        cfg = FbankConfig(**{k: v for k, v in recorded.items() if k in names})
+        source = f"the experiment's config ({recorded.get('source', 'recorded in training')})"
     else:
         data = config.get("data") or {}
         data_dir, kind = data.get("dir"), data.get("type", "auto")

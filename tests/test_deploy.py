@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
+import yaml
 from test_cli_errors import assert_one_line, run_main, run_memsv
 
 from memsv_cli.data.fbank import FbankConfig, extract_fbank
@@ -443,3 +444,29 @@ def test_missing_checkpoint_is_one_line_and_exit_1(tmp_path: Path, command: str)
     code, stdout, err = run_memsv([command, *files, "--checkpoint", tmp_path / "nope.pt"])
     assert code == 1 and stdout == ""
     assert_one_line(err, f"memsv {command}: error:", "nope.pt", "no such checkpoint")
+
+
+def test_training_records_the_features_and_inference_uses_the_record(mini, tmp_path: Path) -> None:
+    """memsv train writes the fbank options into the experiment (config ``features``); embedding from
+    audio uses them even after the training features moved."""
+    import shutil
+
+    from memsv_cli.train.config import resolve_config
+    from memsv_cli.train.trainer import train
+
+    fbank_dir = tmp_path / "fbank"
+    shutil.copytree(mini["root"] / "fbank" / "mini_train", fbank_dir)
+    sets = [
+        f"data.dir={fbank_dir}",
+        "model.name=resnet18",
+        "model.args.feat_dim=40",
+        "model.args.base_width=4",
+    ]
+    sets += ["model.args.embed_dim=24", "data.chunk_frames=40", "train.batch_size=2", "train.epochs=1"]
+    sets += ["train.num_workers=0", "train.progress=false", "train.num_avg=1", "train.memory_check=false"]
+    train(resolve_config(None, sets), tmp_path / "exp")
+    saved = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
+    assert saved["features"]["num_mel_bins"] == 40 and "dither" not in saved["features"]
+    shutil.rmtree(fbank_dir)  # moved away: the record still says what the model was trained on
+    embedder = load_embedder(tmp_path / "exp" / "models" / "avg_model.pt")
+    assert embedder.fbank == FBANK

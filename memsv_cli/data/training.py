@@ -10,7 +10,7 @@ itself. Every plan has ``epoch``, ``start_step``, ``steps_per_epoch``, ``slots``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,20 @@ class TrainingSource:
     @property
     def feat_dim(self) -> int:
         return self.data.feat_dim if isinstance(self.data, TrainingData) else self.fbank.num_mel_bins
+
+    def feature_record(self) -> dict[str, Any] | None:
+        """The fbank options the model sees (config ``features``, used to embed audio later): the online
+        chain's for audio, the training dir's ``fbank.conf`` (extract-fbank) for features, None when a
+        feature dir has none. Without dither: training's dither is ``data.dither``, inference uses 0."""
+        if self.kind == "feat":
+            conf = self.path / "fbank.conf"
+            if not conf.is_file():
+                return None
+            cfg, source = FbankConfig.from_kaldi_conf(conf), "fbank.conf of the training features"
+        else:
+            cfg, source = self.fbank, "computed online in training"
+        record = {k: v for k, v in asdict(cfg).items() if k != "dither"}
+        return {**record, "source": source}
 
     def num_classes(self, speed_perturb: bool) -> int:
         """Classifier classes: every speaker, once per speed when speed perturbation is on."""

@@ -117,10 +117,13 @@ DEFAULTS: dict[str, Any] = {
     },
     # written by memsv train --gpu-memory: the recipe's plan, the chosen one and every candidate
     "memory_plan": None,
+    # written by memsv train: the fbank options the model was trained on (num_mel_bins, frame_length_ms,
+    # ...; memsv embed / similarity / extract-embeddings from audio compute the same features)
+    "features": None,
 }
 
 # Sections whose keys are constructor arguments, not part of the schema.
-FREE_FORM: tuple[str, ...] = ("model.args", "optimizer.args", "data.spec_aug_args", "memory_plan")
+FREE_FORM: tuple[str, ...] = ("model.args", "optimizer.args", "data.spec_aug_args", "memory_plan", "features")
 
 # Keys that may differ between an interrupted run and its ``--resume`` without changing the result
 # (or only where the user asked for it, such as where the data now lives).
@@ -396,6 +399,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.plan_half_precision", lambda v: isinstance(v, bool), "must be true or false"),
     ("train.memory_check", lambda v: isinstance(v, bool), "must be true or false"),
     ("memory_plan", lambda v: v is None or isinstance(v, dict), "must be a mapping or null"),
+    ("features", lambda v: v is None or isinstance(v, dict), "must be a mapping or null"),
 )
 
 

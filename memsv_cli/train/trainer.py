@@ -255,6 +255,7 @@ class Trainer:
         self._acquire_lock()
         payload = self._find_checkpoint(resume)
         self.source = source = self._load_data(payload)
+        self._record_features(source, payload)
         classes = source.num_classes(self.s.data.speed_perturb)
         plan_lines = self._memory_plan(classes)
         state = build_state(self.s, classes, self._plan(source), self.info)
@@ -277,6 +278,20 @@ class Trainer:
         else:
             self._fresh_start(state)
         return state
+
+    def _record_features(self, source: TrainingSource, payload: dict[str, Any] | None) -> None:
+        """Put the fbank options of ``source`` into the config (``features``); a resumed run must see the
+        features its checkpoint was trained on."""
+        record = source.feature_record()
+        saved = payload["config"].get("features") if payload is not None else None
+        if saved and record and saved != record:
+            changed = ", ".join(k for k in sorted(record) if record.get(k) != saved.get(k))
+            raise MemsvError(
+                f"--resume: the features of {source.path} differ from those {self.newest} was trained on "
+                f"({changed}); train into a new --exp-dir"
+            )
+        if record != self.s.raw.get("features"):
+            self.s = Settings.from_config({**self.s.raw, "features": record})
 
     def _memory_plan(self, classes: int) -> list[str]:
         """Plan for ``train.gpu_memory`` (once: a planned config keeps its plan) and predict the step's
@@ -455,7 +470,8 @@ class Trainer:
 
 def check_resume_config(ckpt_path: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:
     """Refuse to resume under a config that would not continue the same run (one line)."""
-    changed = [k for k in diff_keys(saved, config) if k not in RUNTIME_KEYS]
+    # ``features`` is derived from the training dir; the trainer checks it against the data it loads
+    changed = [k for k in diff_keys(saved, config) if k not in RUNTIME_KEYS and k.split(".")[0] != "features"]
     if "train.epochs" in changed:
         raise MemsvError(
             f"--resume: train.epochs is {config['train']['epochs']} but {ckpt_path} was trained for "
