@@ -126,7 +126,8 @@ def _audio_batches(
 
 
 class _BatchReader(Dataset):
-    """Item ``i`` is batch ``i``: ``(utt ids, (B, frames, F) float32 tensor)``, mean-normalised."""
+    """Item ``i`` is batch ``i``: ``(utt ids, (B, frames, F) float32 tensor or None, error or None)``,
+    mean-normalised. Errors travel as values (see :class:`_AudioReader`): one line in the main process."""
 
     def __init__(self, batches: list[list[str]], arks: Mapping[str, str], scp: Path) -> None:
         self.batches, self.arks, self.scp = batches, dict(arks), scp
@@ -138,8 +139,13 @@ class _BatchReader(Dataset):
     def close(self) -> None:
         self._reader.close()
 
-    def __getitem__(self, index: int) -> tuple[list[str], torch.Tensor]:
-        utts = self.batches[index]
+    def __getitem__(self, index: int) -> tuple[list[str], torch.Tensor | None, str | None]:
+        try:
+            return *self._load(self.batches[index]), None
+        except MemsvError as err:
+            return self.batches[index], None, str(err)
+
+    def _load(self, utts: list[str]) -> tuple[list[str], torch.Tensor]:
         mats = []
         for utt in utts:
             mat = self._reader.load(self.arks[utt], utt)
@@ -150,6 +156,14 @@ class _BatchReader(Dataset):
             shapes = ", ".join(f"{u}: {m.shape}" for u, m in zip(utts, mats, strict=True))
             raise InputError(self.scp, f"utt2num_frames disagrees with the features ({shapes})")
         return utts, torch.from_numpy(np.stack(mats))
+
+
+def _feats_batches(loader: DataLoader) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """Batches of a :class:`_BatchReader` loader; its first error as a one-line MemsvError."""
+    for utts, feats, error in loader:
+        if error is not None:
+            raise MemsvError(error)
+        yield utts, feats
 
 
 def _utterance_lengths(feats_dir: Path, arks: Mapping[str, str]) -> dict[str, int]:
@@ -263,7 +277,7 @@ def _feats_source(feats_dir: Path, batch_size: int, max_batch_frames: int) -> _S
     def open_(nj: int, pin: bool) -> tuple[Iterator[tuple[list[str], torch.Tensor]], Callable[[], None]]:
         reader = _BatchReader(batches, arks, scp)
         loader = DataLoader(reader, batch_size=None, shuffle=False, num_workers=nj, pin_memory=pin)
-        return iter(loader), reader.close
+        return _feats_batches(loader), reader.close
 
     return _Source("feats", scp, list(arks), len(batches), open_)
 

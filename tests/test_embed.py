@@ -250,3 +250,19 @@ def test_empty_utterance_is_rejected_before_extraction(exp) -> None:
         writer("b", np.ones((20, FEAT_DIM), dtype=np.float32))
     with pytest.raises(MemsvError, match="1 utterance\\(s\\) have no frames, first 'a'"):
         extract_embeddings(exp["ckpt"], feats, exp["dir"] / "e", progress=False)
+
+
+def test_a_feature_error_in_a_worker_process_is_one_line(exp) -> None:
+    """utt2num_frames disagreeing with the matrices, found in a DataLoader worker: the same one-line
+    error as in the main process, without the worker's traceback."""
+    lengths = exp["feats"] / "utt2num_frames"
+    table = dict(line.split() for line in lengths.read_text().splitlines())
+    first, other = sorted(table, key=lambda u: int(table[u]))[:: len(table) - 1]
+    table[first] = table[other]  # claimed as long as another: batched together, stacked, refused
+    lengths.write_text("".join(f"{u} {n}\n" for u, n in sorted(table.items())))
+    for nj in (0, 1):
+        with pytest.raises(MemsvError) as err:
+            out = exp["dir"] / f"e{nj}"
+            extract_embeddings(exp["ckpt"], exp["feats"], out, batch_size=8, nj=nj, progress=False)
+        message = str(err.value)
+        assert "utt2num_frames disagrees" in message and "Traceback" not in message and "\n" not in message
