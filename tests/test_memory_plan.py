@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from test_cli_errors import assert_one_line, run_main
-from test_train import TINY, tiny_config
+from test_train import TINY
+from test_train import tiny_config as _tiny
 from test_train_data import make_feats_dir
 
 from memsv_cli.profile.experiment import recipe_from_config
@@ -25,6 +26,11 @@ from memsv_cli.train.memory import TOLERANCE, memory_report
 from memsv_cli.train.trainer import train
 
 CLASSES = 8
+
+
+def tiny_config(data_dir: Path, *extra: str) -> dict:
+    """test_train's tiny config with the memory check on (the other suites turn it off for speed)."""
+    return _tiny(data_dir, "train.memory_check=true", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +136,7 @@ def test_nothing_fits_is_one_line_naming_the_smallest_peak(
     conf.write_text(yaml.safe_dump({"train": {"epochs": 1}}))
     args = ["train", "-c", str(conf), "--data", str(data_dir), "--exp-dir", str(tmp_path / "exp")]
     args += ["--gpu-memory", "64KiB"]
-    sets = [x for item in [*TINY, "train.epochs=1"] for x in ("--set", item)]
+    sets = [x for item in [*TINY, "train.epochs=1", "train.memory_check=true"] for x in ("--set", item)]
     code, _, err = run_main([*args, *sets], capsys)
     assert code == 1
     assert_one_line(err, "memsv train: error:", "nothing fits 64.00 KiB", "smallest peak")

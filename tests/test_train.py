@@ -29,6 +29,7 @@ TINY = [
     "train.batch_size=16",
     "train.num_workers=0",
     "train.progress=false",
+    "train.memory_check=false",  # tests/test_memory_plan.py covers it; ~1 s per run elsewhere
     "train.log_interval=2",
     "train.num_avg=2",
     "scheduler.initial_lr=0.01",

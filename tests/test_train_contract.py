@@ -52,7 +52,7 @@ def test_profile_memory_and_train_run_the_same_step_function(
     measure_step(model_builder("rev_resnet18", 16, 32, 4), setup, "meta")
     profiled = len(calls)
     assert profiled >= 1  # the measured step is TrainStep.__call__ itself
-    train(tiny(data_dir, "train.epochs=1", "train.num_avg=0"), tmp_path / "exp")
+    train(tiny(data_dir, "train.epochs=1", "train.num_avg=0", "train.memory_check=true"), tmp_path / "exp")
     # every optimizer step of the run went through it too, and so did the run's own memory prediction
     # (train.memory_check: the profiler's step at the start)
     assert len(calls) - profiled == 4 + 1

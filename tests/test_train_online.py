@@ -35,6 +35,7 @@ ONLINE = [
     "train.epochs=2",
     "train.num_workers=1",
     "train.progress=false",
+    "train.memory_check=false",  # tests/test_memory_plan.py covers it
     "train.log_interval=2",
     "train.num_avg=1",
     "train.save_every_minutes=null",

@@ -34,6 +34,7 @@ CONFIG = {
         "batch_size": 16,
         "num_workers": 1,  # worker processes must survive Ctrl-C / SIGTERM to the process group
         "progress": False,
+        "memory_check": False,  # tests/test_memory_plan.py covers it; these runs are subprocesses
         "log_interval": 2,
         "num_avg": 2,
         "device": "cpu",
