@@ -72,9 +72,11 @@ class EpochRun:
     max_bad_fraction: float = 0.01
     batch_size: int = 1  # per micro-batch, for the bad-sample fraction
     predicted_peak: int | None = None  # bytes, the profiler's estimate of one step (train.memory)
-    # CPU: follow the epoch's first step with the storage tracker (CUDA reads its allocator's peaks)
+    # CPU: follow one step with the storage tracker, once per process (the step's shapes do not change
+    # between epochs; the tracker slows a step several times); CUDA reads its allocator's peaks instead
     track_memory: bool = False
     process_start_step: int = 0  # the global step this process started (or resumed) at
+    tracked_peak: int | None = None  # bytes, the tracked step's peak once measured (kept across epochs)
 
 
 @dataclass
@@ -140,16 +142,15 @@ def run_epoch(state: TrainState, run: EpochRun) -> EpochResult:
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
     start, seen, lr, margin = time.perf_counter(), 0.0, 0.0, 0.0
-    tracked: int | None = None
     run.progress.start_epoch(state.epoch + 1, steps, done=state.step_in_epoch)
     for micro, bad in grouped(run.loader, accum, info.device):
         lr, margin = state.lr_sched.step(state.step), state.margin_sched.step(state.step)
         agree = _Agreement(state, run, lr, len(bad))
         # not this process's first step: it creates the optimizer states and the 8-bit quantiser tables
         # (a one-off, as the profile's warm-up), so the step the estimate describes is every later one
-        if run.track_memory and tracked is None and state.step > run.process_start_step:
+        if run.track_memory and run.tracked_peak is None and state.step > run.process_start_step:
             step = functools.partial(state.step_fn, micro, before_update=agree)
-            tracked = measured_step_peak(state.net, state.optimizer, micro, step)
+            run.tracked_peak = measured_step_peak(state.net, state.optimizer, micro, step)
         else:
             state.step_fn(micro, before_update=agree)
         state.step += 1
@@ -177,7 +178,7 @@ def run_epoch(state: TrainState, run: EpochRun) -> EpochResult:
     totals, skipped = state.epoch_stats[:3].clone(), int(state.epoch_stats[6])
     state.epoch_stats.zero_()
     metrics = _epoch_metrics(state, totals, time.perf_counter() - start, lr, margin, info)
-    memory = epoch_memory(info.device, tracked, run.predicted_peak)
+    memory = epoch_memory(info.device, run.tracked_peak, run.predicted_peak)
     return EpochResult({**metrics, "bad_samples": skipped, **memory})
 
 

@@ -7,8 +7,9 @@ measured peak beside it every epoch (issue 14 items 1 and 3).
   ``--resume`` that passes the original config again.
 - :func:`predict_step_peak`: the profiler's meta estimate of exactly the configured step (allocated bytes),
   plus, with DDP, its gradient buckets (one fp32 copy of the gradients, outside the single-process step).
-- :func:`measured_step_peak`: on CPU the storage tracker follows one real step (the first of each epoch;
-  the same accounting as the estimate); on CUDA the allocator's peaks over the epoch are read instead.
+- :func:`measured_step_peak`: on CPU the storage tracker follows one real step per process (the second
+  it runs: the first builds the optimizer states; the same accounting as the estimate), reported with
+  every epoch; on CUDA the allocator's peaks over each epoch are read instead.
 """
 
 from __future__ import annotations

@@ -155,6 +155,7 @@ class Trainer:
         self.warnings: list[str] = []  # said before train.log was open
         self.predicted_peak: int | None = None  # bytes, the profiler's estimate of one step
         self.start_step = 0  # global step this process starts (or resumes) at
+        self.tracked_peak: int | None = None  # CPU: the tracked step's peak, measured once per process
 
     # -- set-up ----------------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -428,10 +429,11 @@ class Trainer:
                         lambda reason: (self.save_full(state, reason), clock.saved()),
                         tc.log_interval, tc.precision, self.s.data.max_bad_fraction, tc.batch_size,
                         self.predicted_peak, tc.memory_check and self.info.device.type == "cpu",
-                        self.start_step,
+                        self.start_step, self.tracked_peak,
                     )  # fmt: skip
                     try:
                         outcome = run_epoch(state, run)
+                        self.tracked_peak = run.tracked_peak
                     except NonFiniteLoss as err:
                         self.log.info(f"stopped: {err}")
                         raise
