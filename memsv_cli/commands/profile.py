@@ -84,6 +84,19 @@ def _resolve(ctx: typer.Context, values: dict[str, Any], exp: Path | None) -> tu
     return recipe, setup
 
 
+def _plans(recipe: Recipe, budget: int, micro_batch: bool, half_precision_: bool, every: bool) -> PlanResult:
+    """The memory plans of ``recipe`` for a CUDA card of ``budget`` bytes (what train --gpu-memory does)."""
+    half = half_precision("cuda") if half_precision_ else None
+    return choose_plan(
+        recipe,
+        budget,
+        reserve=CUDA_RESERVE_BYTES,
+        allow_micro_batch=micro_batch,
+        half=half,
+        predict_all=every,
+    )
+
+
 def _print_plan(result: PlanResult) -> None:
     console = make_console()
     for line in plan_table(result):
@@ -170,15 +183,7 @@ def profile_memory_command(
     )
     plans = None
     if budget is not None:
-        half = half_precision("cuda") if allow_half_precision else None
-        plans = choose_plan(
-            recipe,
-            budget,
-            reserve=CUDA_RESERVE_BYTES,
-            allow_micro_batch=allow_micro_batch,
-            half=half,
-            predict_all=all_plans,
-        )
+        plans = _plans(recipe, budget, allow_micro_batch, allow_half_precision, all_plans)
     if as_json:
         out = report.to_json()
         if plans is not None:

@@ -140,6 +140,16 @@ class ProfileReport:
         return out
 
 
+def _baseline(model: str, optimizer: str, compare: str | None) -> tuple[str, str] | None:
+    """(model, optimizer) of the baseline ``compare`` names (see :func:`profile_memory`), or None."""
+    if compare == "auto":
+        return default_baseline(model, optimizer)
+    if compare is None or compare == "none":
+        return None
+    name = vanilla_name(model) if compare == "checkpoint" else compare
+    return name, full_precision_optimizer(optimizer)
+
+
 def profile_memory(
     model: str,
     setup: StepSetup,
@@ -172,15 +182,8 @@ def profile_memory(
     )
     report = ProfileReport(model, method, setup, base_width, _measure(build, setup, method))
     report.recompute_chunks, report.checkpoint_blocks = recompute_chunks, checkpoint_blocks
-    if compare == "auto":
-        baseline = default_baseline(model, setup.optimizer)
-    elif compare is None or compare == "none":
-        baseline = None
-    elif compare == "checkpoint":
-        baseline = (vanilla_name(model), full_precision_optimizer(setup.optimizer))
-        report.baseline_checkpointed = True
-    else:
-        baseline = (compare, full_precision_optimizer(setup.optimizer))
+    baseline = _baseline(model, setup.optimizer, compare)
+    report.baseline_checkpointed = compare == "checkpoint"
     if baseline is not None:
         report.baseline_model, report.baseline_optimizer = baseline
         base_build = model_builder(
