@@ -60,11 +60,11 @@ def test_plans_keep_the_samples_per_step_and_only_allowed_ones_change_the_micro_
     assert all(not c.allowed for c in result.candidates if c.plan.micro_batch != 16)
 
 
-def test_a_budget_below_the_recipes_peak_trains_with_the_cheapest_fitting_plan(
+def test_a_budget_below_the_recipes_peak_trains_and_resumes_with_the_cheapest_fitting_plan(
     data_dir: Path, tmp_path: Path
 ) -> None:
     # batch 8: 7 candidates (8 x 1 with K = 1..8, 4 x 2 with K = 1..4), each measured below
-    config = tiny_config(data_dir, "train.epochs=1", "train.plan_micro_batch=true", "train.batch_size=8")
+    config = tiny_config(data_dir, "train.epochs=2", "train.plan_micro_batch=true", "train.batch_size=8")
     recipe = recipe_from_config(config, CLASSES)
     recipe_peak = predict_peak(recipe, recipe.plan)
     budget = int(0.97 * recipe_peak)  # below the recipe's peak itself, let alone its margin
@@ -76,7 +76,8 @@ def test_a_budget_below_the_recipes_peak_trains_with_the_cheapest_fitting_plan(
             fitting.append((step_cost(recipe, plan), plan))
     assert fitting and min(fitting)[1] != recipe.plan
     cheapest = min(cost for cost, _ in fitting)
-    result = train({**config, "train": {**config["train"], "gpu_memory": budget}}, tmp_path / "exp")
+    planned = {**config, "train": {**config["train"], "gpu_memory": budget}}
+    first = train(planned, tmp_path / "exp", stop_after_epoch=1)
     saved = yaml.safe_load((tmp_path / "exp/config.yaml").read_text())
     chosen = saved["memory_plan"]["chosen"]
     assert chosen["cost"] == pytest.approx(cheapest)
@@ -87,7 +88,9 @@ def test_a_budget_below_the_recipes_peak_trains_with_the_cheapest_fitting_plan(
     assert saved["model"]["args"].get("recompute_chunks", 1) == chosen["recompute_chunks"]
     measured = _records(tmp_path / "exp")[-1]["measured_peak_bytes"]
     assert measured <= budget  # the CPU step, followed by the storage tracker
-    assert result.epochs_done == 1
+    assert first.epochs_done == 1
+    # --resume given the original, unplanned config continues with the saved plan
+    assert train(planned, tmp_path / "exp", resume=True).epochs_done == 2
     log = (tmp_path / "exp/train.log").read_text()
     assert "memory plan for" in log and "chosen" in log and "micro x A" in log
 
@@ -118,16 +121,6 @@ def test_a_measured_peak_above_the_prediction_is_a_one_line_warning() -> None:
         {"predicted_peak_bytes": 100 * 2**20, "measured_peak_bytes": 106 * 2**20, "reserved_peak_bytes": None}
     )
     assert warning is not None and "6.0%" in warning and "\n" not in warning
-
-
-def test_resume_with_the_original_config_continues_the_planned_run(data_dir: Path, tmp_path: Path) -> None:
-    config = tiny_config(data_dir, "train.epochs=2", "train.plan_micro_batch=true", "train.batch_size=8")
-    recipe = recipe_from_config(config, CLASSES)
-    config["train"]["gpu_memory"] = int(0.97 * predict_peak(recipe, recipe.plan))
-    first = train(config, tmp_path / "exp", stop_after_epoch=1)
-    assert first.epochs_done == 1
-    second = train(config, tmp_path / "exp", resume=True)  # the unplanned config again
-    assert second.epochs_done == 2
 
 
 def test_nothing_fits_is_one_line_naming_the_smallest_peak(

@@ -266,7 +266,8 @@ TINY_CORPUS = [
 ]
 TINY_TRAIN = (
     "--epochs 2 --batch-size 12 --set model.args.base_width=4 --set model.args.embed_dim=32 "
-    "--set data.chunk_frames=64 --set train.num_avg=2"
+    "--set data.chunk_frames=64 --set train.num_avg=2 "
+    "--set train.memory_check=false"  # tests/test_memory_plan.py covers it (~3 s per training here)
 )
 
 

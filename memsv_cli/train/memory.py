@@ -100,12 +100,15 @@ def adopt_saved_plan(saved: dict[str, Any], config: dict[str, Any]) -> dict[str,
     return apply_plan(config, Plan(**chosen), record)
 
 
-def predict_step_peak(config: dict[str, Any], num_classes: int, world_size: int) -> int:
-    """Allocated bytes at the peak of the configured step (meta estimate; + DDP's gradient buckets)."""
+def predict_step_peak(
+    config: dict[str, Any], num_classes: int, world_size: int, peak: int | None = None
+) -> int:
+    """Allocated bytes at the peak of the configured step (meta estimate, or ``peak`` when the plan
+    search already predicted it; + DDP's gradient buckets)."""
     from memsv_cli.profile.plan import plan_setup, predict_peak
 
     recipe = _recipe(config, num_classes)
-    peak = predict_peak(recipe, recipe.plan)
+    peak = predict_peak(recipe, recipe.plan) if peak is None else peak
     if world_size > 1:
         build, setup = plan_setup(recipe, recipe.plan)
         with torch.device("meta"):

@@ -297,7 +297,7 @@ class Trainer:
     def _memory_plan(self, classes: int) -> list[str]:
         """Plan for ``train.gpu_memory`` (once: a planned config keeps its plan) and predict the step's
         peak (``train.memory_check``); rank 0 decides, every rank adopts. Returns train.log lines."""
-        tc, config = self.s.train, None
+        tc, config, known = self.s.train, None, None
         lines: list[str] = []
         error, predicted = None, None
         if self.info.is_main:
@@ -306,8 +306,10 @@ class Trainer:
                     config, result = choose_memory_plan(self.s.raw, classes, self.info.device)
                     print(f"memsv train: {result.message}", file=sys.stderr)
                     lines = [result.message, "memory plans (cheapest first):", *plan_table(result)]
+                    known = result.chosen.peak if result.chosen is not None else None
                 if tc.memory_check:
-                    predicted = predict_step_peak(config or self.s.raw, classes, self.info.world_size)
+                    world = self.info.world_size
+                    predicted = predict_step_peak(config or self.s.raw, classes, world, known)
             except MemsvError as err:
                 error = str(err)
         self._on_all_ranks(error)
