@@ -257,8 +257,9 @@ def choose_plan(
 
     Candidates are predicted in order of cost, so the search stops at the first allowed fit; the plans
     not allowed (other micro-batch) met on the way are predicted too, to show what the flag would buy.
-    Before that the least-memory allowed plan is predicted: if even it does not fit, nothing does, and the
-    message names its peak and the least-memory plan of all. ``predict_all`` predicts every candidate
+    When the cheapest (the recipe's own plan) does not fit, the least-memory allowed plan is predicted
+    next: if even it does not fit, nothing does, and the message names its peak and the least-memory
+    plan of all. ``predict_all`` predicts every candidate
     (the full table of ``profile-memory --gpu-memory --all-plans``).
     """
     cands = [
@@ -276,10 +277,12 @@ def choose_plan(
         return c
 
     cands.sort(key=lambda c: (round(c.cost, 6), _deviations(recipe, c.plan), c.plan))
-    smallest = evaluate(_least_memory([c for c in cands if c.allowed], recipe))
-    chosen = None
-    if smallest.fits:
-        for c in cands:
+    chosen, smallest = None, None
+    if cands[0].allowed and evaluate(cands[0]).fits:  # the cheapest plan (usually the recipe's) fits
+        chosen = cands[0]
+    else:
+        smallest = evaluate(_least_memory([c for c in cands if c.allowed], recipe))
+        for c in cands if smallest.fits else ():
             if evaluate(c).fits and c.allowed:
                 chosen = c
                 break
