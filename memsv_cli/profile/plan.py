@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -125,7 +125,6 @@ class PlanResult:
     chosen: Candidate | None
     message: str
     smallest: Candidate | None = None  # the least-memory allowed plan, when nothing fits
-    extras: list[Candidate] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The record written into config.yaml (``memory_plan``) and printed by ``--json``."""
@@ -171,10 +170,7 @@ def enumerate_plans(recipe: Recipe, half: str | None) -> list[Plan]:
 
     variant = parse_model_name(recipe.model)[0]
     total = recipe.batch_size * recipe.accum_steps
-    accums = sorted(
-        {recipe.accum_steps * f for f in ACCUM_FACTORS if total % (recipe.accum_steps * f) == 0}
-        | {recipe.accum_steps}
-    )
+    accums = [recipe.accum_steps * f for f in ACCUM_FACTORS if total % (recipe.accum_steps * f) == 0]
     micro = [(total // a, a) for a in accums if total // a >= min(MIN_MICRO_BATCH, recipe.batch_size)]
     chunks = CHUNKS if variant != "vanilla" else (1,)
     ckpt = (False, True) if variant == "vanilla" else (False,)
