@@ -11,9 +11,14 @@ APT_PACKAGES := ffmpeg sox
 
 .PHONY: install system-deps test lint format demo clean
 
-$(VENV)/.installed: pyproject.toml
+# The core (torch + memsv) is all the demo needs; the full install adds the test, export and VAD extras.
+$(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -qq $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install -qq -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core
 	$(PY) -m pip install -qq -e ".[dev,export,vad]"
 	touch $@
 
@@ -40,7 +45,8 @@ format: install
 	$(VENV)/bin/ruff format memsv_cli tests benchmarks
 	$(VENV)/bin/ruff check --fix memsv_cli tests benchmarks
 
-demo: install
+# the mini corpus needs neither the extras nor ffmpeg / sox
+demo: $(VENV)/.core
 	cd recipes/voxceleb && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./run.sh --data mini
 
 clean:

@@ -119,7 +119,8 @@ def interrupt_memsv(
         wait_until(ready, proc, timeout)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=timeout)
-        deadline = time.monotonic() + 10
+        # a loaded machine can take seconds to schedule the workers' exits; 30 s only bounds a failure
+        deadline = time.monotonic() + 30
         while _group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not _group_alive(proc.pid), "processes of the interrupted run are still running"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from memsv_cli.errors import MemsvError
 from memsv_cli.models import get_model, list_models
+from memsv_cli.models.units import THIN_CHANNELS, Conv2d
 
 FAMILIES = ["resnet18", "resnet50", "dfresnet56"]
 VARIANTS = ["", "rev_", "fullrev_"]
@@ -106,3 +108,42 @@ def test_wrong_feature_dimension_is_a_user_error() -> None:
     model = get_model("rev_resnet18", feat_dim=20, base_width=4)
     with pytest.raises(MemsvError, match=r"expects \(batch, frames, 20\) features, got \(2, 30, 24\)"):
         model(torch.randn(2, 30, 24))
+
+
+@pytest.mark.parametrize(
+    ("in_ch", "out_ch", "kernel", "stride", "groups"),
+    [(1, 4, 3, 1, 1), (4, 4, 3, 1, 1), (4, 8, 3, 2, 1), (8, 8, 3, 1, 8), (4, 8, 1, 2, 1), (16, 16, 3, 1, 1)],
+)
+def test_thin_conv_trains_as_nn_conv2d_and_saves_the_same_tensors(
+    in_ch: int, out_ch: int, kernel: int, stride: int, groups: int
+) -> None:
+    """memsv's Conv2d (channels_last inside for thin layers on CPU) against nn.Conv2d: same outputs and
+    gradients up to float rounding, the same bytes saved for backward, and exactly nn.Conv2d in eval."""
+    torch.manual_seed(0)
+    ours = Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
+    ref = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, in_ch, 20, 17)
+    # the channels_last path is taken exactly for thin layers (not for strided 1x1, not above the limit)
+    assert ours._thin_training(x) == (max(in_ch, out_ch) <= THIN_CHANNELS and (kernel, stride) != (1, 2))
+    results = []
+    for conv in (ours, ref):
+        inp = x.clone().requires_grad_()
+        saved: list[int] = []
+
+        def pack(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = conv(inp)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.detach(), inp.grad, conv.weight.grad, sorted(saved)))
+    (y, gx, gw, saved), (y_ref, gx_ref, gw_ref, saved_ref) = results
+    assert y.is_contiguous() and gx.is_contiguous() and gw.is_contiguous()
+    for a, b in ((y, y_ref), (gx, gx_ref), (gw, gw_ref)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert saved == saved_ref
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))

@@ -110,7 +110,10 @@ def test_chunked_vjp_matches_autograd_for_one_sample_chunks() -> None:
 
 
 def test_branches_with_random_or_unknown_layers_keep_the_unchunked_path() -> None:
-    assert chunkable(inverted_bottleneck(4).branch)
+    assert chunkable(nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU()))
+    # memsv's Conv2d (thin convolutions in channels_last on CPU) is the model's own per-sample layer
+    assert not chunkable(inverted_bottleneck(4).branch)
+    assert chunkable(inverted_bottleneck(4).branch, MODEL_PER_SAMPLE)
     # The model's own containers count only where the owner names them (chunked.py knows no models).
     assert not chunkable(inverted_bottleneck(4)) and chunkable(inverted_bottleneck(4), MODEL_PER_SAMPLE)
     assert not chunkable(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Dropout(0.5)))

@@ -111,6 +111,7 @@ def test_every_trial_format_gives_the_same_cosine_scores(setup, capsys) -> None:
             assert all(len(r) == 3 for r in rows)
     result = json.loads(out)
     assert list(result) == ["results"]
+    assert json.loads((out_dir / "results.json").read_text()) == result  # --out-dir keeps the report
     by_name = {r["trials"]: r for r in result["results"]}
     labels = np.array([t for _, _, t in trials])
     eer = 100 * compute_eer(np.array(want), labels)

@@ -9,9 +9,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from memsv_cli.atomic import write_text_atomic
 from memsv_cli.console import console as make_console
 from memsv_cli.errors import MemsvError
 from memsv_cli.scoring.score import TrialListResult, evaluate_score_file, score_trial_lists
+
+#: what ``--out-dir`` writes beside the scores: the ``--json`` object
+RESULTS_FILE = "results.json"
 
 
 def _print_table(results: list[TrialListResult]) -> None:
@@ -53,7 +57,10 @@ def score(
     ),
     top_n: int = typer.Option(300, "--top-n", help="AS-norm: number of top cohort scores kept."),
     out_dir: Path = typer.Option(
-        None, "--out-dir", "-o", help="Write <trials>.score (and DET plots) and thresholds.json here."
+        None,
+        "--out-dir",
+        "-o",
+        help="Write <trials>.score (and DET plots), thresholds.json and results.json (as --json) here.",
     ),
     det_plot: bool = typer.Option(
         False,
@@ -134,8 +141,11 @@ def score(
             print(f"memsv score: {r.name}: {r.note}", file=sys.stderr)
         for note in r.notes:
             print(f"memsv score: {r.name}: {note}", file=sys.stderr)
+    report = json.dumps({"results": [r.to_json() for r in results]})
+    if out_dir is not None:  # the --json object beside the scores, so a recipe scores once
+        write_text_atomic(out_dir / RESULTS_FILE, report + "\n")
     if as_json:
-        print(json.dumps({"results": [r.to_json() for r in results]}))
+        print(report)
     else:
         _print_table(results)
 

@@ -30,12 +30,12 @@ from memsv_cli.models.checkpointed import CheckpointedSequential
 from memsv_cli.models.chunked import PER_SAMPLE
 from memsv_cli.models.pooling import TSTP
 from memsv_cli.models.reversible import HalfStep, Recomputed, ReversibleChain, ReversibleSequence
-from memsv_cli.models.units import ProjectedBranch, Unit
+from memsv_cli.models.units import Conv2d, ProjectedBranch, Unit
 
 VARIANTS = ("vanilla", "rev", "fullrev")
 #: module types whose forward acts on each sample on its own: torch's layers plus this package's
 #: containers, whose children are checked one by one (which branches may be recomputed in micro-batches)
-MODEL_PER_SAMPLE = (*PER_SAMPLE, ProjectedBranch, Unit)
+MODEL_PER_SAMPLE = (*PER_SAMPLE, Conv2d, ProjectedBranch, Unit)
 
 
 def scaled_chunks(units: list[Unit], stem_ch: int, chunks: int) -> tuple[int, list[int]]:

@@ -63,9 +63,74 @@ class ProjectedBranch(nn.Module):
         return self.branch(x) + self.shortcut(x)
 
 
+#: CPU convolutions with at most this many input and output channels train in channels_last (see
+#: :class:`Conv2d`); above it the layout conversions cost more than they save (measured, docs/design.md)
+THIN_CHANNELS = 8
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, same function) that trains thin convolutions faster on CPU.
+
+    oneDNN's backward of a convolution with few channels is slow in the NCHW layout: for 4 channels on
+    80 x 100 maps about 6x slower than in channels_last (docs/design.md, "Thin convolutions on CPU").
+    The reduced-width models of the demo and the tests are made of such layers. So on CPU in training
+    mode, with or without gradients (a recomputation must repeat the forward bit for bit), convolutions
+    of at most :data:`THIN_CHANNELS` channels in and out run through :class:`_ChannelsLastConv`: NCHW in
+    and out, channels_last inside. It saves the same tensors for backward as ``nn.Conv2d`` (input and
+    weight), so cached activations are unchanged; its layout copies are transient. Strided 1x1
+    convolutions keep the NCHW path: their channels_last backward crashes in torch 2.13's oneDNN
+    (4 -> 8 channels).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._thin_training(x):
+            return super().forward(x)
+        return _ChannelsLastConv.apply(x, self.weight, self.stride, self.padding, self.groups)
+
+    def _thin_training(self, x: torch.Tensor) -> bool:
+        return (
+            self.training  # the same path with and without grad: recomputation must match the forward
+            and x.device.type == "cpu"
+            and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu")  # autocast casts inside F.conv2d; keep its path
+            and max(self.in_channels, self.out_channels) <= THIN_CHANNELS
+            and (self.kernel_size != (1, 1) or self.stride == (1, 1))
+            and self.bias is None
+            and self.padding_mode == "zeros"
+            and self.dilation == (1, 1)
+        )
+
+
+class _ChannelsLastConv(torch.autograd.Function):
+    """``F.conv2d(x, w)`` (no bias) computed in channels_last; saves ``x`` and ``w`` as they are."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, groups):  # noqa: ANN001, ANN205 - autograd protocol
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, groups)
+        cl = torch.channels_last
+        x_cl, weight_cl = x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl)
+        return F.conv2d(x_cl, weight_cl, None, stride, padding, 1, groups).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205 - autograd protocol
+        x, weight = ctx.saved_tensors
+        stride, padding, groups = ctx.conv
+        cl = torch.channels_last
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl),
+            weight.contiguous(memory_format=cl), None, stride, padding, (1, 1), False, (0, 0), groups,
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False),
+        )  # fmt: skip
+        grad_x = grad_x.contiguous() if grad_x is not None else None
+        grad_w = grad_w.contiguous() if grad_w is not None else None
+        return grad_x, grad_w, None, None, None
+
+
 def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int | tuple[int, int] = 1, groups: int = 1) -> list:
     """``[Conv2d (no bias, 'same' padding), BatchNorm2d]`` as a list to splice into a Sequential."""
-    conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
+    conv = Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
     return [conv, nn.BatchNorm2d(out_ch)]
 
 

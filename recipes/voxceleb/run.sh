@@ -282,11 +282,9 @@ trial_args() { local t; for t in $trials; do printf -- '--trials\n%s\n' "$data_d
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log 5 "cosine scoring, $train_set mean subtracted -> $exp_dir/scores"
   mapfile -t targs < <(trial_args)
+  # the table on stdout; scores, thresholds.json and results.json (the --json object) in --out-dir
   memsv score "${targs[@]}" --embeddings "$exp_dir/embeddings/$eval_set/xvector.scp" \
     --mean-from "$exp_dir/embeddings/$train_set/xvector.scp" --out-dir "$exp_dir/scores" --det-plot
-  memsv score "${targs[@]}" --embeddings "$exp_dir/embeddings/$eval_set/xvector.scp" \
-    --mean-from "$exp_dir/embeddings/$train_set/xvector.scp" --json > "$exp_dir/scores/results.json.tmp"
-  mv "$exp_dir/scores/results.json.tmp" "$exp_dir/scores/results.json"
 fi
 
 # --------------------------------------------------------------------------------------------------
@@ -297,8 +295,6 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
              --mean-from "$exp_dir/embeddings/$train_set/xvector.scp" --norm "$score_norm"
              --cohort "$exp_dir/embeddings/$train_set/spk_xvector.scp" --top-n "$top_n")
   memsv score "${targs[@]}" "${norm_args[@]}" --out-dir "$exp_dir/scores_$score_norm" --det-plot
-  memsv score "${targs[@]}" "${norm_args[@]}" --json > "$exp_dir/scores_$score_norm/results.json.tmp"
-  mv "$exp_dir/scores_$score_norm/results.json.tmp" "$exp_dir/scores_$score_norm/results.json"
 fi
 
 # --------------------------------------------------------------------------------------------------
