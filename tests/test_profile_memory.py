@@ -4,6 +4,7 @@ claims (8-bit states, depth-independent fullrev activations) and the ``profile-m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,7 +88,9 @@ def test_profile_memory_reports_savings_against_the_baseline() -> None:
     assert sum(v for k, v in this.items() if k != "total") == this["total"]
 
 
-def test_cli_json_prints_exactly_one_object_with_the_issue_schema(capsys: pytest.CaptureFixture) -> None:
+def test_cli_json_prints_exactly_one_object_with_the_issue_schema(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     main(
         [
             "profile-memory",
@@ -112,9 +115,12 @@ def test_cli_json_prints_exactly_one_object_with_the_issue_schema(capsys: pytest
             "--gpu-memory",
             "64MiB",
             "--json",
+            "--out",
+            str(tmp_path / "memory.json"),
         ]
     )
     out = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "memory.json").read_text()) == out  # --out: the same object in a file
     assert set(out) == {
         "model",
         "method",

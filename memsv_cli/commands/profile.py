@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from memsv_cli.atomic import write_text_atomic
 from memsv_cli.console import console as make_console
 from memsv_cli.errors import MemsvError
 from memsv_cli.profile.experiment import experiment_setup, read_recipe
@@ -171,6 +172,7 @@ def profile_memory_command(
         "head); options given on the command line override it.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object instead of the table."),
+    out: Path = typer.Option(None, "--out", help="Also write the --json object to this file (atomically)."),
 ) -> None:
     """Profile one training step's peak memory by component (parameters, gradients, optimizer states,
     activations, other) against the vanilla 32-bit baseline."""
@@ -184,11 +186,13 @@ def profile_memory_command(
     plans = None
     if budget is not None:
         plans = _plans(recipe, budget, allow_micro_batch, allow_half_precision, all_plans)
+    result = report.to_json()
+    if plans is not None:
+        result["memory_plan"] = plans.to_json()
+    if out is not None:
+        write_text_atomic(out, json.dumps(result) + "\n")
     if as_json:
-        out = report.to_json()
-        if plans is not None:
-            out["memory_plan"] = plans.to_json()
-        typer.echo(json.dumps(out))
+        typer.echo(json.dumps(result))
     else:
         render(report, make_console())
         if plans is not None:

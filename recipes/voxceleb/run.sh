@@ -305,9 +305,7 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   # shellcheck disable=SC2206
   popts=(--exp "$exp_dir" $profile_opts)
   log 7 "memory profile: ${popts[*]} -> $exp_dir/memory.json"
-  memsv profile-memory "${popts[@]}"
-  memsv profile-memory "${popts[@]}" --json > "$exp_dir/memory.json.tmp"
-  mv "$exp_dir/memory.json.tmp" "$exp_dir/memory.json"
+  memsv profile-memory "${popts[@]}" --out "$exp_dir/memory.json"
 fi
 
 # --------------------------------------------------------------------------------------------------
