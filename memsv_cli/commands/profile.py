@@ -22,7 +22,7 @@ from memsv_cli.profile.plan import (
     half_precision,
     plan_table,
 )
-from memsv_cli.profile.report import profile_memory, render
+from memsv_cli.profile.report import ProfileReport, profile_memory, render
 from memsv_cli.profile.step import OPTIMIZER_KWARGS, StepSetup, full_precision_optimizer
 
 #: options an experiment's setup fills (``--exp``) unless they are given on the command line
@@ -186,6 +186,11 @@ def profile_memory_command(
     plans = None
     if budget is not None:
         plans = _plans(recipe, budget, allow_micro_batch, allow_half_precision, all_plans)
+    _emit(report, plans, as_json, out)
+
+
+def _emit(report: ProfileReport, plans: PlanResult | None, as_json: bool, out: Path | None) -> None:
+    """The table (and plan table) or the JSON object on stdout; the JSON object also in ``out``."""
     result = report.to_json()
     if plans is not None:
         result["memory_plan"] = plans.to_json()

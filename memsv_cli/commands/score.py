@@ -132,6 +132,11 @@ def score(
             qmf_durations=qmf_durations or (),
             qmf_embeddings=qmf_embeddings,
         )
+    _report(results, out_dir, as_json)
+
+
+def _report(results: list[TrialListResult], out_dir: Path | None, as_json: bool) -> None:
+    """Notes on stderr; the table (or the JSON object) on stdout; ``results.json`` in ``out_dir``."""
     for r in results:
         if r.num_skipped and not r.qmf:  # the .qmf row has the same trials: say it once
             print(
