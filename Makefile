@@ -34,8 +34,11 @@ system-deps:
 	  else echo "warning: could not install$$missing (m4a input and sox pipes need them; their tests skip)"; fi; \
 	fi
 
+# one pytest worker per core (pytest-xdist), each test file on one worker: module fixtures (the recipe
+# run, trained models) are built once, and the heavy files start first (tests/conftest.py)
+TEST_JOBS ?= auto
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check memsv_cli tests benchmarks
