@@ -3,6 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pip byte-compiles every file it installs on one core; compileall does the same on every core (files
+# that do not compile for this Python, such as torch's py312 test helpers, are skipped as pip skips them)
+PIP := $(PY) -m pip install -qq --no-compile
+COMPILE := $(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null || true
 # CPU torch by default (the local wheel satisfies this pin); override for CUDA, e.g.
 #   make install TORCH_SPEC="torch==2.5.1" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu121"
 TORCH_SPEC ?= torch==2.13.0
@@ -14,12 +18,14 @@ APT_PACKAGES := ffmpeg sox
 # The core (torch + memsv) is all the demo needs; the full install adds the test, export and VAD extras.
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -qq $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PY) -m pip install -qq -e .
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PIP) -e .
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.core
-	$(PY) -m pip install -qq -e ".[dev,export,vad]"
+	$(PIP) -e ".[dev,export,vad]"
+	$(COMPILE)
 	touch $@
 
 install: system-deps $(VENV)/.installed

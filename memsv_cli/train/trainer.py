@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -104,6 +105,10 @@ def _init_worker(worker_id: int) -> None:
     # threads, and an equal-priority worker pre-empting one of them stalls the whole parallel region
     # (2 cores, online augmentation: 45 s -> 33 s for 3 demo epochs; docs/results.md).
     os.nice(WORKER_NICE)
+    # torch gives each worker one intra-op thread, but numpy's OpenBLAS (the fbank's mel matmul) keeps
+    # one spinning thread per core: a worker then burns two cores and starves the training threads
+    # (demo chain: 4.7 -> 3.2 ms of CPU per 1-s chunk; docs/results.md)
+    threadpool_limits(1)
 
 
 WORKER_NICE = 19  # the lowest priority: DataLoader workers run when the training process waits
