@@ -150,10 +150,13 @@ def epoch_memory(device: torch.device, tracked: int | None, predicted: int | Non
     }
 
 
-def memory_report(record: dict[str, Any]) -> tuple[str, str | None]:
-    """(train.log line, warning or None) for an epoch record's memory fields."""
+def memory_report(record: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(train.log line, warning), each None when there is nothing to say (``train.memory_check: false``
+    on CPU: neither a prediction nor a tracked step)."""
     predicted, measured = record.get("predicted_peak_bytes"), record.get("measured_peak_bytes")
     reserved = record.get("reserved_peak_bytes")
+    if predicted is None and measured is None:
+        return None, None
     kind = "CUDA max allocated" if reserved is not None else "tracked step"
     line = (
         f"memory: predicted peak {'-' if predicted is None else format_bytes(predicted)}, measured "

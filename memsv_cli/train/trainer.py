@@ -377,7 +377,8 @@ class Trainer:
                 f"{metrics['peak_mem_bytes'] / 2**20:.1f} MiB ({metrics['peak_mem_kind']})"
             )
             line, warning = memory_report(metrics)
-            self.log.info(line)
+            if line:
+                self.log.info(line)
             if warning:
                 self.log.info(f"warning: {warning}")
                 print(f"memsv train: warning: {warning}", file=sys.stderr)

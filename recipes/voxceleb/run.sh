@@ -263,10 +263,16 @@ fi
 
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  num_opt=()  # default: the experiment's train.num_avg
-  [ -n "$num_avg" ] && num_opt=(--num "$num_avg")
-  log 4 "average the last ${num_avg:-train.num_avg} checkpoints -> $exp_dir/models/avg_model.pt"
-  memsv average-model --exp-dir "$exp_dir" ${num_opt[@]+"${num_opt[@]}"}
+  models=$exp_dir/models
+  if [ -z "$num_avg" ] && [ "$models/avg_model.pt" -nt "$models/final_model.pt" ]; then
+    # memsv train ends by averaging its last train.num_avg epochs; the same average again is a wasted start
+    log 4 "$models/avg_model.pt: memsv train's average of its last train.num_avg epochs"
+  else
+    num_opt=()  # default: the experiment's train.num_avg
+    [ -n "$num_avg" ] && num_opt=(--num "$num_avg")
+    log 4 "average the last ${num_avg:-train.num_avg} checkpoints -> $models/avg_model.pt"
+    memsv average-model --exp-dir "$exp_dir" ${num_opt[@]+"${num_opt[@]}"}
+  fi
   for x in $eval_set $train_set; do
     spk_mean=()
     [ "$x" = "$train_set" ] && spk_mean=(--spk-mean)  # speaker means: the AS-norm cohort
