@@ -181,3 +181,27 @@ def test_trial_keys_missing_through_the_cli(tmp_path, capsys):
 def test_voxceleb_without_root_is_a_usage_error(tmp_path, capsys):
     code, err = run(["prepare-data", "--corpus", "voxceleb", "--out", str(tmp_path / "d")], capsys)
     assert_one_line_error(code, err, "--corpus voxceleb needs --root")
+
+
+def test_extract_fbank_takes_bins_and_frames_from_a_training_config(tmp_path, capsys):
+    """--train-config: the evaluation features get the config's data.fbank_args (what the model saw
+    online); a flag that contradicts it is one line, exit 1, nothing written."""
+    data = _data_dir(tmp_path, f"a/1 {_wav(tmp_path / 'a1.wav')}\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  fbank_args: {num_mel_bins: 40, frame_shift: 20}\n")
+    code, err = run(["extract-fbank", str(data), str(tmp_path / "f"), "--train-config", str(config)], capsys)
+    assert code == 0, err
+    (feats,) = kaldiio.load_scp(str(tmp_path / "f" / "feats.scp")).values()
+    assert feats.shape == (9, 40)  # 0.2 s: 1 + (3200 - 400) // 320 frames of 20 ms shift
+    assert "--num-mel-bins=40" in (tmp_path / "f" / "fbank.conf").read_text()
+    argv = [
+        "extract-fbank",
+        str(data),
+        str(tmp_path / "g"),
+        "--train-config",
+        str(config),
+        "--num-mel-bins",
+        "80",
+    ]
+    assert_one_line_error(*run(argv, capsys), "--num-mel-bins 80 contradicts", "c.yaml")
+    assert not (tmp_path / "g").exists()

@@ -15,7 +15,8 @@ from memsv_cli.data.mini import MiniConfig, prepare_mini
 from memsv_cli.data.training import LoaderOptions, load_training_source
 from memsv_cli.errors import MemsvError
 from memsv_cli.train.checkpoint import load_checkpoint
-from memsv_cli.train.config import resolve_config
+from memsv_cli.train.config import diff_keys, resolve_config, with_defaults
+from memsv_cli.train.settings import Settings
 from memsv_cli.train.trainer import train
 
 CORPUS = MiniConfig(
@@ -175,3 +176,28 @@ def test_data_type_auto_reads_the_dir_and_refuses_what_cannot_work(corpus: dict,
         train(cfg, tmp_path / "no_sources")
     with pytest.raises(MemsvError, match="no shard.list, feats.scp, wav.scp: not a training dir"):
         train(resolve_config(None, [*ONLINE, f"data.dir={tmp_path}"]), tmp_path / "nothing")
+
+
+def test_fbank_args_set_the_online_features_which_the_config_records(corpus: dict, tmp_path: Path) -> None:
+    """data.fbank_args (WeSpeaker's fbank_args): 40 bins and 20 ms frames reach the chain, the model
+    trains on them, and the config records them for embedding audio later."""
+    args = ["data.fbank_args.num_mel_bins=40", "data.fbank_args.frame_length=20", "model.args.feat_dim=40"]
+    config = online_config(corpus, "raw", *args, "train.epochs=1")
+    source = load_training_source("raw", corpus["raw"], Settings.from_config(config).data.fbank())
+    _, data = source.plan_and_dataset(_opts(aug_prob=0.0))
+    assert data[(0, 1)][0].shape == (50, 40) and source.feat_dim == 40
+    train(config, tmp_path / "exp")
+    features = load_checkpoint(tmp_path / "exp" / "models" / "final_model.pt")["config"]["features"]
+    assert features["num_mel_bins"] == 40 and features["frame_length_ms"] == 20.0
+    # 80-dim model, 40-bin chain: one line before any training
+    with pytest.raises(MemsvError, match="gives 40-dim features but model.args.feat_dim is 80"):
+        train(online_config(corpus, "raw", *args[:2], "train.epochs=1"), tmp_path / "exp80")
+    with pytest.raises(MemsvError, match="frame_shift' must be <="):
+        resolve_config(None, ["data.fbank_args.frame_shift=30"])
+
+
+def test_a_config_saved_before_fbank_args_resolves_with_their_defaults() -> None:
+    saved = resolve_config(None, ONLINE)
+    del saved["data"]["fbank_args"]
+    assert resolve_config(None, [], base=saved)["data"]["fbank_args"]["num_mel_bins"] == 80
+    assert "data.fbank_args.num_mel_bins" not in diff_keys(with_defaults(saved), resolve_config(None, ONLINE))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -21,6 +23,9 @@ from rich.table import Table
 from memsv_cli.console import console as make_console
 from memsv_cli.errors import MemsvError
 from memsv_cli.lock import hold_directory
+
+if TYPE_CHECKING:
+    from memsv_cli.data.fbank import FbankConfig
 
 _console = make_console(stderr=True)
 
@@ -155,9 +160,17 @@ def prepare_data(
 def extract_fbank(
     data_dir: Path = typer.Argument(..., help="Kaldi data dir with wav.scp and utt2spk."),
     out_dir: Path = typer.Argument(..., help="Output dir: feats.ark/scp, utt2num_frames, utt2spk, trials/."),
-    num_mel_bins: int = typer.Option(80, "--num-mel-bins", help="Mel bins."),
-    frame_length: float = typer.Option(25.0, "--frame-length", help="Frame length (ms)."),
-    frame_shift: float = typer.Option(10.0, "--frame-shift", help="Frame shift (ms)."),
+    num_mel_bins: int | None = typer.Option(None, "--num-mel-bins", help="Mel bins [default: 80]."),
+    frame_length: float | None = typer.Option(
+        None, "--frame-length", help="Frame length (ms) [default: 25]."
+    ),
+    frame_shift: float | None = typer.Option(None, "--frame-shift", help="Frame shift (ms) [default: 10]."),
+    train_config: Path | None = typer.Option(
+        None,
+        "--train-config",
+        help="The three options above from a memsv training config's data.fbank_args: the features its "
+        "model computes online (raw, shard).",
+    ),
     dither: float = typer.Option(0.0, "--dither", help="Dither (int16 units); 0 is deterministic."),
     sample_rate: int = typer.Option(16000, "--sample-rate", help="Required input sample rate (Hz)."),
     nj: int = typer.Option(
@@ -172,16 +185,10 @@ def extract_fbank(
 
     A failed or interrupted run keeps its complete jobs: rerun the same command to finish the others.
     """
-    from memsv_cli.data.fbank import FbankConfig
     from memsv_cli.data.fbank import extract_fbank as run
 
-    cfg = FbankConfig(
-        num_mel_bins=num_mel_bins,
-        frame_length_ms=frame_length,
-        frame_shift_ms=frame_shift,
-        dither=dither,
-        sample_rate=sample_rate,
-    )
+    given = {"num_mel_bins": num_mel_bins, "frame_length_ms": frame_length, "frame_shift_ms": frame_shift}
+    cfg = replace(_fbank_options(given, train_config), dither=dither, sample_rate=sample_rate)
     notify = _notifier("extract-fbank")
     with _progress_bar("extract-fbank") as progress:
         summary = run(
@@ -202,6 +209,30 @@ def extract_fbank(
         ("jobs", _with_resumed(summary.num_jobs, summary.num_reused_jobs)),
     ]
     _print_summary("extract-fbank", rows, summary.num_bad, summary.out_dir, notify)
+
+
+def _fbank_options(given: dict[str, float | None], train_config: Path | None) -> FbankConfig:
+    """Bins and frame lengths: the options given, else ``train_config``'s ``data.fbank_args``, else
+    Kaldi's / WeSpeaker's defaults; an option that contradicts the config is an error."""
+    from memsv_cli.data.fbank import FbankConfig
+    from memsv_cli.train.config import resolve_config
+    from memsv_cli.train.settings import Settings
+
+    if train_config is None:
+        return FbankConfig(**{k: v for k, v in given.items() if v is not None})
+    online = Settings.from_config(resolve_config(train_config)).data.fbank()
+    flags = {
+        "num_mel_bins": "--num-mel-bins",
+        "frame_length_ms": "--frame-length",
+        "frame_shift_ms": "--frame-shift",
+    }
+    for key, value in given.items():
+        if value is not None and value != getattr(online, key):
+            raise MemsvError(
+                f"{flags[key]} {value:g} contradicts {train_config} (data.fbank_args: "
+                f"{getattr(online, key):g}); give one or the other"
+            )
+    return online
 
 
 def make_shards(

@@ -48,6 +48,10 @@ DEFAULTS: dict[str, Any] = {
         # kinds weigh by their file counts
         "aug_weights": None,
         "dither": 1.0,  # fbank dither in training (raw, shard); extraction for scoring uses 0
+        # the online fbank of raw and shard (WeSpeaker's dataset_args.fbank_args; lengths in ms); the
+        # recipe extracts the evaluation features with the same (extract-fbank --train-config). feat
+        # trains on the arks as extract-fbank made them (their fbank.conf)
+        "fbank_args": {"num_mel_bins": 80, "frame_length": 25.0, "frame_shift": 10.0},
         "shuffle_buffer": 2500,  # shard: samples in the shuffle buffer of each worker
         # unreadable audio / shard members are skipped with a counted warning; more than this fraction
         # of an epoch's samples stops training with a one-line error
@@ -287,7 +291,7 @@ def resolve_config(
         overrides: ``key.sub=value`` strings, applied in order.
         base: start from this config instead of :data:`DEFAULTS` (resume uses the saved one).
     """
-    config = copy.deepcopy(base if base is not None else DEFAULTS)
+    config = with_defaults(base) if base is not None else copy.deepcopy(DEFAULTS)
     if path is not None:
         config = merge(config, load_yaml(path), source=str(path))
     for text in overrides:
@@ -303,6 +307,9 @@ def _validate_online(data: dict[str, Any]) -> None:
             "config key 'data.speed_perturb' needs data.type raw or shard (online audio); for feat, make "
             "offline copies with `memsv speed-perturb` before extract-fbank"
         )
+    fbank = data["fbank_args"]
+    if fbank["frame_shift"] > fbank["frame_length"]:
+        raise MemsvError("config key 'data.fbank_args.frame_shift' must be <= data.fbank_args.frame_length")
     online = data["type"] in ("raw", "shard")  # auto: checked again once the dir tells
     if online and data["aug_prob"] > 0 and not (any(data["aug_sources"].values()) or data["aug_root"]):
         raise MemsvError(
@@ -364,6 +371,9 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
         "must be null or a mapping of noise / music / babble to weights >= 0",
     ),
     ("data.dither", lambda v: _is_number(v) and v >= 0, "must be a number >= 0"),
+    ("data.fbank_args.num_mel_bins", _int_at_least(3), "must be an integer >= 3"),
+    ("data.fbank_args.frame_length", _positive(), "must be a number of milliseconds > 0"),
+    ("data.fbank_args.frame_shift", _positive(), "must be a number of milliseconds > 0"),
     ("data.shuffle_buffer", _int_at_least(1), "must be an integer >= 1"),
     ("data.max_bad_fraction", lambda v: _is_number(v) and 0 <= v <= 1, "must be a fraction in [0, 1]"),
     ("data.spec_aug", lambda v: isinstance(v, bool), "must be true or false"),
@@ -419,6 +429,21 @@ def validate(config: dict[str, Any]) -> None:
             "config key 'train.keep_epoch_models' must be null (keep all) or an integer >= train.num_avg "
             "(averaging reads those files)"
         )
+
+
+def with_defaults(
+    config: dict[str, Any], defaults: dict[str, Any] = DEFAULTS, prefix: str = ""
+) -> dict[str, Any]:
+    """A copy of ``config`` (a saved one) with the keys added to :data:`DEFAULTS` since it was written,
+    at their defaults: an experiment of an older memsv resumes and compares as it was trained."""
+    out = copy.deepcopy(config)
+    for key, value in defaults.items():
+        dotted = f"{prefix}{key}"
+        if key not in out:
+            out[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(out[key], dict) and not _is_free_form(dotted):
+            out[key] = with_defaults(out[key], value, f"{dotted}.")
+    return out
 
 
 def get_key(config: dict[str, Any], dotted: str) -> Any:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from memsv_cli.data.fbank import FbankConfig
+
 
 @dataclass(frozen=True)
 class DataSettings:
@@ -31,6 +33,16 @@ class DataSettings:
     max_bad_fraction: float  # unreadable samples tolerated per epoch before stopping
     spec_aug: bool
     spec_aug_args: dict[str, Any]  # SpecAugment(**spec_aug_args)
+    fbank_args: dict[str, Any]  # raw/shard: num_mel_bins, frame_length / frame_shift (ms)
+
+    def fbank(self) -> FbankConfig:
+        """The online chain's fbank options (training dither is ``dither``, applied by the chain)."""
+        args = self.fbank_args
+        return FbankConfig(
+            num_mel_bins=int(args["num_mel_bins"]),
+            frame_length_ms=float(args["frame_length"]),
+            frame_shift_ms=float(args["frame_shift"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from memsv_cli.errors import MemsvError
 from memsv_cli.profile.plan import plan_table
 from memsv_cli.sizes import format_bytes
 from memsv_cli.train import checkpoint as ckpt
-from memsv_cli.train.config import RUNTIME_KEYS, diff_keys, save_config
+from memsv_cli.train.config import RUNTIME_KEYS, diff_keys, save_config, with_defaults
 from memsv_cli.train.distributed import (
     DistInfo,
     barrier,
@@ -219,7 +219,7 @@ class Trainer:
             raise MemsvError(
                 "no training data: pass --data DIR (make-shards, extract-fbank or prepare-data dir)"
             )
-        source = load_training_source(d.type, d.dir)
+        source = load_training_source(d.type, d.dir, d.fbank())
         if source.kind == "feat" and d.speed_perturb:
             raise MemsvError(
                 f"{source.path} holds features: data.speed_perturb needs audio (data.type raw or shard); "
@@ -481,7 +481,8 @@ class Trainer:
 def check_resume_config(ckpt_path: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:
     """Refuse to resume under a config that would not continue the same run (one line)."""
     # ``features`` is derived from the training dir; the trainer checks it against the data it loads
-    changed = [k for k in diff_keys(saved, config) if k not in RUNTIME_KEYS and k.split(".")[0] != "features"]
+    diffs = diff_keys(with_defaults(saved), config)  # saved by an older memsv: new keys at their defaults
+    changed = [k for k in diffs if k not in RUNTIME_KEYS and k.split(".")[0] != "features"]
     if "train.epochs" in changed:
         raise MemsvError(
             f"--resume: train.epochs is {config['train']['epochs']} but {ckpt_path} was trained for "

@@ -193,7 +193,8 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   [ $data_type = feat ] && feat_sets="$train_data $feat_sets"
   for x in $(echo "$feat_sets" | tr ' ' '\n' | awk '!seen[$0]++'); do
     log 2 "fbank: $data_dir/$x -> $fbank_dir/$x"
-    memsv extract-fbank "$data_dir/$x" "$fbank_dir/$x" --nj "$nj"
+    # the bins and frame lengths of the config's data.fbank_args: what the model sees in training
+    memsv extract-fbank "$data_dir/$x" "$fbank_dir/$x" --nj "$nj" --train-config "$config"
   done
   if [ $data_type = shard ]; then
     log 2 "shards: $data_dir/$train_set -> $shard_dir/$train_set"
