@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import torch
 import typer
 from rich.table import Table
 
 from memsv_cli.console import console as make_console
-from memsv_cli.models import list_models, model_summary
 
 _TYPES = {
     "vanilla": "vanilla",
@@ -25,6 +23,10 @@ def list_models_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
 ) -> None:
     """List every model name with its type and parameter count (classifier head excluded)."""
+    import torch  # here, not at start-up: every memsv command registers at start-up
+
+    from memsv_cli.models import list_models, model_summary
+
     rows = []
     with torch.device("meta"):  # counting only: no memory, no initialisation
         for name in list_models():

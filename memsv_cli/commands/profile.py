@@ -5,25 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from memsv_cli.atomic import write_text_atomic
 from memsv_cli.console import console as make_console
 from memsv_cli.errors import MemsvError
-from memsv_cli.profile.experiment import experiment_setup, read_recipe
-from memsv_cli.profile.fit import parse_size
-from memsv_cli.profile.plan import (
-    CUDA_RESERVE_BYTES,
-    PlanResult,
-    Recipe,
-    choose_plan,
-    half_precision,
-    plan_table,
-)
-from memsv_cli.profile.report import ProfileReport, profile_memory, render
-from memsv_cli.profile.step import OPTIMIZER_KWARGS, StepSetup, full_precision_optimizer
+
+# The profiler imports torch (~2 s): imported where used, so that every other memsv command (the CLI
+# registers them all at start-up) starts without it
+if TYPE_CHECKING:
+    from memsv_cli.profile.plan import PlanResult, Recipe
+    from memsv_cli.profile.report import ProfileReport
+    from memsv_cli.profile.step import StepSetup
 
 #: options an experiment's setup fills (``--exp``) unless they are given on the command line
 FROM_EXPERIMENT = (
@@ -45,6 +40,8 @@ FROM_EXPERIMENT = (
 def _from_experiment(ctx: typer.Context, values: dict[str, Any], trained: Recipe) -> dict[str, Any]:
     """``values`` with every option of :data:`FROM_EXPERIMENT` not given on the command line replaced by
     the experiment's (:func:`memsv_cli.profile.experiment.read_recipe`)."""
+    from memsv_cli.profile.experiment import experiment_setup
+
     setup = dataclasses.asdict(experiment_setup(trained))
     given = {k for k in FROM_EXPERIMENT if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     return {k: (v if k in given or k not in setup else setup[k]) for k, v in values.items()}
@@ -52,6 +49,10 @@ def _from_experiment(ctx: typer.Context, values: dict[str, Any], trained: Recipe
 
 def _resolve(ctx: typer.Context, values: dict[str, Any], exp: Path | None) -> tuple[Recipe, StepSetup]:
     """The recipe and its step setup from the options, filled from ``exp`` if given."""
+    from memsv_cli.profile.experiment import read_recipe
+    from memsv_cli.profile.plan import Recipe
+    from memsv_cli.profile.step import OPTIMIZER_KWARGS, StepSetup, full_precision_optimizer
+
     trained = None
     if exp is not None:
         trained = read_recipe(exp)
@@ -87,6 +88,8 @@ def _resolve(ctx: typer.Context, values: dict[str, Any], exp: Path | None) -> tu
 
 def _plans(recipe: Recipe, budget: int, micro_batch: bool, half_precision_: bool, every: bool) -> PlanResult:
     """The memory plans of ``recipe`` for a CUDA card of ``budget`` bytes (what train --gpu-memory does)."""
+    from memsv_cli.profile.plan import CUDA_RESERVE_BYTES, choose_plan, half_precision
+
     half = half_precision("cuda") if half_precision_ else None
     return choose_plan(
         recipe,
@@ -99,6 +102,8 @@ def _plans(recipe: Recipe, budget: int, micro_batch: bool, half_precision_: bool
 
 
 def _print_plan(result: PlanResult) -> None:
+    from memsv_cli.profile.plan import plan_table
+
     console = make_console()
     for line in plan_table(result):
         console.print(line, soft_wrap=True, highlight=False, markup=False)
@@ -178,6 +183,9 @@ def profile_memory_command(
     activations, other) against the vanilla 32-bit baseline."""
     values = {k: v for k, v in locals().items() if k in FROM_EXPERIMENT}
     recipe, setup = _resolve(ctx, values, exp)
+    from memsv_cli.profile.fit import parse_size
+    from memsv_cli.profile.report import profile_memory
+
     budget = parse_size(gpu_memory) if gpu_memory is not None else None
     width = int(recipe.model_args["base_width"])
     report = profile_memory(
@@ -191,6 +199,8 @@ def profile_memory_command(
 
 def _emit(report: ProfileReport, plans: PlanResult | None, as_json: bool, out: Path | None) -> None:
     """The table (and plan table) or the JSON object on stdout; the JSON object also in ``out``."""
+    from memsv_cli.profile.report import render
+
     result = report.to_json()
     if plans is not None:
         result["memory_plan"] = plans.to_json()
