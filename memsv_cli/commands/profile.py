@@ -182,10 +182,10 @@ def profile_memory_command(
     """Profile one training step's peak memory by component (parameters, gradients, optimizer states,
     activations, other) against the vanilla 32-bit baseline."""
     values = {k: v for k, v in locals().items() if k in FROM_EXPERIMENT}
-    recipe, setup = _resolve(ctx, values, exp)
     from memsv_cli.profile.fit import parse_size
     from memsv_cli.profile.report import profile_memory
 
+    recipe, setup = _resolve(ctx, values, exp)
     budget = parse_size(gpu_memory) if gpu_memory is not None else None
     width = int(recipe.model_args["base_width"])
     report = profile_memory(
