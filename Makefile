@@ -41,13 +41,10 @@ system-deps:
 	fi
 
 # one pytest worker per core (pytest-xdist), each test file on one worker: module fixtures (the recipe
-# run, trained models) are built once, and the heavy files start first (tests/conftest.py). The Ctrl-C
-# test of extract-fbank runs alone afterwards: under the other worker's load a job's pipe command could
-# outlive the interrupted run (an open race, docs/results.md)
+# run, trained models) are built once, and the heavy files start first (tests/conftest.py)
 TEST_JOBS ?= auto
 test: install
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not serial"
-	$(PY) -m pytest -q -m serial
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check memsv_cli tests benchmarks

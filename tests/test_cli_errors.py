@@ -230,7 +230,9 @@ def try_lock_in_subprocess(directory: Path) -> tuple[int, str]:
 
 def make_data_dir(root: Path, n_utts: int, *, seconds: float = 0.5, block_last: bool = False) -> Path:
     """A Kaldi data dir of ``n_utts`` noise WAVs; with ``block_last`` the last entry is a pipe that waits
-    60 s first, so a run is reliably still working when it is interrupted or killed."""
+    60 s first, so a run is reliably still working when it is interrupted or killed. The pipe touches
+    :func:`blocked_started` as it starts: a Ctrl-C sent before that would miss a command that does not
+    exist yet (a pipe is only stopped by a Ctrl-C that reaches it, or by SIGPIPE on its next write)."""
     rng = np.random.default_rng(0)
     data = root / "data"
     (root / "wav").mkdir(parents=True, exist_ok=True)
@@ -239,11 +241,17 @@ def make_data_dir(root: Path, n_utts: int, *, seconds: float = 0.5, block_last: 
     for i in range(1, n_utts + 1):
         wav = root / "wav" / f"u{i}.wav"
         sf.write(wav, 0.1 * rng.standard_normal(int(seconds * 16000)), 16000, subtype="PCM_16")
-        spec = f"sleep 60; cat {wav} |" if block_last and i == n_utts else str(wav)
+        blocked = f"touch {blocked_started(root)}; sleep 60; cat {wav} |"
+        spec = blocked if block_last and i == n_utts else str(wav)
         lines.append(f"spk/v/u{i} {spec}")
     (data / "wav.scp").write_text("".join(line + "\n" for line in lines))
     (data / "utt2spk").write_text("".join(f"spk/v/u{i} spk\n" for i in range(1, n_utts + 1)))
     return data
+
+
+def blocked_started(root: Path) -> Path:
+    """The file the blocked pipe of :func:`make_data_dir` ``(root, ..., block_last=True)`` touches."""
+    return root / "blocked.started"
 
 
 def _arks(out: Path) -> list[Path]:
@@ -261,7 +269,6 @@ def _left_over(out: Path) -> list[str]:
 # Ctrl-C
 
 
-@pytest.mark.serial  # alone: under load a pipe command can outlive the run (Makefile, docs/results.md)
 @pytest.mark.parametrize("nj", [1, 2])
 def test_ctrl_c_during_extract_fbank_exits_130_with_one_line_and_leaves_nothing(tmp_path, nj):
     data = make_data_dir(tmp_path, 4, block_last=True)
@@ -271,7 +278,8 @@ def test_ctrl_c_during_extract_fbank_exits_130_with_one_line_and_leaves_nothing(
     def writing() -> bool:  # every job's ark exists and the job stuck at the slow pipe has written to it
         arks = _arks(out)
         complete = nj == 1 or (out / "feats.1.scp").exists()  # nj=2: job 1 (u1, u2) has finished
-        return len(arks) == nj and arks[-1].stat().st_size > 0 and complete
+        started = blocked_started(tmp_path).exists()
+        return len(arks) == nj and arks[-1].stat().st_size > 0 and complete and started
 
     code, stdout, stderr = interrupt_memsv(proc, writing)
     assert code == 130, stderr
@@ -301,6 +309,32 @@ def test_a_pipe_command_killed_by_sigint_is_an_interrupt_not_a_bad_utterance(tmp
     code, stdout, stderr = run_memsv([command, data, out, "--nj", nj, *extra])
     assert (code, stdout, stderr) == (130, "", f"memsv {command}: interrupted\n")
     assert not (out / "bad_utts").exists()
+
+
+@pytest.mark.parametrize("command", ["extract-fbank", "make-shards"])
+def test_no_pipe_command_starts_after_a_worker_got_ctrl_c(tmp_path, command):
+    """Ctrl-C reaches the processes of the group alive at that moment: a pipe command a worker forks just
+    after it would never get it and outlive the stopped run (the race that made the test above fail under
+    load). Here u3's pipe sends SIGINT to its worker alone, deterministically before the worker reaches
+    u4's 60-s pipe: the worker must start no command after it, and the run stops as interrupted."""
+    data = make_data_dir(tmp_path, 4, block_last=True)
+    scp = (data / "wav.scp").read_text().splitlines()
+    key, path = scp[2].split(maxsplit=1)
+    scp[2] = f"{key} kill -INT $PPID; cat {path} |"  # sh's parent: the worker running job 2 (u3, u4)
+    (data / "wav.scp").write_text("\n".join(scp) + "\n")
+    proc = start_memsv([command, data, tmp_path / "out", "--nj", 2])
+    try:
+        stdout, stderr = proc.communicate(timeout=120)  # without the guard: u4's sleep, then exit 0
+        assert (proc.returncode, stdout, stderr) == (130, "", f"memsv {command}: interrupted\n")
+        assert not blocked_started(tmp_path).exists()
+        deadline = time.monotonic() + 30  # the workers' exits, on a loaded machine
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _group_alive(proc.pid), "a pipe command of the interrupted run is still running"
+    finally:
+        kill_group(proc)
+        if proc.poll() is None:
+            proc.wait()
 
 
 def test_ctrl_c_in_process_is_reported(tmp_path, capsys, monkeypatch):

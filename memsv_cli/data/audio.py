@@ -43,6 +43,19 @@ def raise_if_interrupted(err: AudioError) -> None:
         raise KeyboardInterrupt from None
 
 
+# Set in a data-stage worker when Ctrl-C reaches its process group (fbank._worker_main's handler): the
+# signal only reaches the pipe commands running at that moment, so none may start after it. Otherwise a
+# command forked just after the Ctrl-C (e.g. ``sleep 60; cat x.wav |``) outlives the stopped run.
+_interrupted = False
+
+
+def note_interrupt(signum: int, frame: object) -> None:
+    """SIGINT handler of a data-stage worker: start no pipe command from now on (its parent stops the
+    run; :func:`_run_pipe` raises :class:`PipeInterrupted` instead)."""
+    global _interrupted
+    _interrupted = True
+
+
 def is_pipe(spec: str) -> bool:
     """True for a Kaldi pipe entry (``<command> |``)."""
     return spec.rstrip().endswith("|")
@@ -52,6 +65,8 @@ def _run_pipe(spec: str) -> bytes:
     command = spec.rstrip()[:-1].strip()
     if not command:
         raise AudioError("empty pipe command")
+    if _interrupted:
+        raise PipeInterrupted("run interrupted (SIGINT) before the pipe command started")
     proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     # Killed by SIGINT, or a shell reporting a child killed by it (128 + 2): the run is being interrupted.
     # Without this, a worker could report "pipe command failed" before its parent sees the Ctrl-C.

@@ -43,7 +43,7 @@ import kaldiio
 import numpy as np
 
 from memsv_cli.atomic import atomic_path, write_lines_atomic, write_text_atomic
-from memsv_cli.data.audio import AudioError, raise_if_interrupted, read_audio
+from memsv_cli.data.audio import AudioError, note_interrupt, raise_if_interrupted, read_audio
 from memsv_cli.data.kaldi_dir import (
     DataDir,
     c_sorted,
@@ -660,10 +660,6 @@ def run_jobs(
     return results, errors
 
 
-def _ignore_signal(signum: int, frame: object) -> None:
-    """Signal handler that does nothing (see :func:`_worker_main`)."""
-
-
 def _os_error(
     errno_: int | None, strerror: str | None, filename: object, filename2: object, text: str
 ) -> OSError:
@@ -683,14 +679,15 @@ def _worker_main(run, job, progress_queue, result_queue) -> None:  # noqa: ANN00
     sent as plain values because ``InputError`` (and library ``OSError`` subclasses) take other
     constructor arguments and do not survive unpickling.
 
-    Ctrl-C reaches the whole process group; a worker ignores it (its parent stops it), so that only the
-    parent reports the interrupt. A Python-level handler, not ``SIG_IGN``: exec'd pipe commands get the
-    default action back and die with the group, where an ignored signal would be inherited. A run that
-    inherited SIGINT ignored (started in the background by a non-interactive shell) keeps it ignored in
-    its pipe commands too.
+    Ctrl-C reaches the whole process group; a worker carries on (its parent stops it), so that only the
+    parent reports the interrupt, but starts no pipe command after it (:func:`audio.note_interrupt`: one
+    forked after the signal would not get it and outlive the run). A Python-level handler, not
+    ``SIG_IGN``: exec'd pipe commands get the default action back and die with the group, where an
+    ignored signal would be inherited. A run that inherited SIGINT ignored (started in the background by
+    a non-interactive shell) keeps it ignored in its pipe commands too.
     """
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _ignore_signal)
+        signal.signal(signal.SIGINT, note_interrupt)
     try:
         result_queue.put((job.index, "ok", run(job, progress_queue.put)))
     except KeyboardInterrupt:  # a pipe command of the job died of the Ctrl-C (audio.PipeInterrupted)
