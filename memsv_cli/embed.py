@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,35 @@ def _audio_source(data_dir: Path, config: dict[str, Any], fbank_conf: str | Path
     return _Source("audio", wav_scp, list(table), len(entries), open_)
 
 
+def _check_ark_features(feats_dir: Path, config: dict[str, Any]) -> None:
+    """Stop when the arks' ``fbank.conf`` (extract-fbank's record of its options) differs from the
+    options the model was trained on: a frame shift or band edge of its own gives matrices of the same
+    width and silently worse embeddings. Dither is not compared (test features have none). Arks without
+    ``fbank.conf`` (made by other tools) and models whose options cannot be told are not checked."""
+    from memsv_cli.data.fbank import FbankConfig
+    from memsv_cli.inference import feature_options
+
+    conf = feats_dir / "fbank.conf"
+    if not conf.is_file():
+        return
+    try:
+        trained, source = feature_options(config)
+    except MemsvError:  # a feature-trained run whose training fbank.conf is gone: nothing to compare
+        return
+    arks = replace(FbankConfig.from_kaldi_conf(conf), dither=0.0)
+    diffs = [
+        f"{f.name} {getattr(arks, f.name):g} against {getattr(trained, f.name):g}"
+        for f in fields(FbankConfig)
+        if getattr(arks, f.name) != getattr(trained, f.name)
+    ]
+    if diffs:
+        raise InputError(
+            conf,
+            f"these features differ from the model's ({source}): {', '.join(diffs)}; extract them "
+            "again with the training options (memsv extract-fbank --train-config CONFIG)",
+        )
+
+
 def _check_utt2spk(data_dir: Path, utts: list[str], listed_in: Path) -> dict[str, str]:
     """``utt2spk`` of ``data_dir``, which must name a speaker for every utterance (``--spk-mean``)."""
     path = data_dir / "utt2spk"
@@ -386,6 +415,7 @@ def extract_embeddings(
         batch_size = 64 if torch_device.type == "cuda" else 1
     model, config = load_model_from_checkpoint(checkpoint, torch_device)
     if (feats_dir / "feats.scp").is_file():
+        _check_ark_features(feats_dir, config)
         source = _feats_source(feats_dir, batch_size, max_batch_frames)
     else:
         source = _audio_source(feats_dir, config, fbank_conf)

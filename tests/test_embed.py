@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from memsv_cli.cli import main
+from memsv_cli.data.fbank import FbankConfig
 from memsv_cli.embed import extract_embeddings, mean_normalise, plan_batches
 from memsv_cli.errors import MemsvError
 from memsv_cli.models import get_model
@@ -266,3 +267,23 @@ def test_a_feature_error_in_a_worker_process_is_one_line(exp) -> None:
             extract_embeddings(exp["ckpt"], exp["feats"], out, batch_size=8, nj=nj, progress=False)
         message = str(err.value)
         assert "utt2num_frames disagrees" in message and "Traceback" not in message and "\n" not in message
+
+
+def test_arks_made_with_other_fbank_options_than_the_model_are_refused(exp, capsys) -> None:
+    """A 20-ms frame shift gives 80-wide matrices like the model's 10-ms ones: only extract-fbank's
+    fbank.conf tells them apart. Dither is not compared; arks without fbank.conf are not checked."""
+    out = exp["dir"] / "e"
+    argv = ["extract-embeddings", "--checkpoint", str(exp["ckpt"]), "--data", str(exp["feats"])]
+    argv += ["--out", str(out), "--no-progress"]
+    conf = exp["feats"] / "fbank.conf"
+    conf.write_text(FbankConfig(frame_shift_ms=20.0, low_freq_hz=0.0).kaldi_conf())
+    code, stdout, err = _run(argv, capsys)
+    assert (code, stdout) == (1, "")
+    head = f"memsv extract-embeddings: error: {conf}: these features differ from the model's ("
+    assert err.startswith(head)
+    assert "frame_shift_ms 20 against 10, low_freq_hz 0 against 20; extract them again" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+    conf.write_text(FbankConfig(dither=1.0).kaldi_conf())  # the model's options (config: memsv defaults)
+    assert _run(argv, capsys)[0] == 0
+    conf.unlink()
+    assert _run(argv, capsys)[0] == 0
