@@ -119,16 +119,21 @@ def interrupt_memsv(
         wait_until(ready, proc, timeout)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=timeout)
-        # a loaded machine can take seconds to schedule the workers' exits; 30 s only bounds a failure
-        deadline = time.monotonic() + 30
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not _group_alive(proc.pid), "processes of the interrupted run are still running"
+        assert_group_gone(proc)
         return proc.returncode, out, err
     finally:
         kill_group(proc)
         if proc.poll() is None:
             proc.wait()
+
+
+def assert_group_gone(proc: subprocess.Popen[str]) -> None:
+    """Fail unless every process of ``proc``'s group (workers, pipe commands) has exited; a loaded
+    machine can take seconds to schedule the workers' exits, so 30 s only bounds a failure."""
+    deadline = time.monotonic() + 30
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _group_alive(proc.pid), "processes of the interrupted run are still running"
 
 
 def _group_alive(pgid: int) -> bool:
@@ -327,10 +332,7 @@ def test_no_pipe_command_starts_after_a_worker_got_ctrl_c(tmp_path, command):
         stdout, stderr = proc.communicate(timeout=120)  # without the guard: u4's sleep, then exit 0
         assert (proc.returncode, stdout, stderr) == (130, "", f"memsv {command}: interrupted\n")
         assert not blocked_started(tmp_path).exists()
-        deadline = time.monotonic() + 30  # the workers' exits, on a loaded machine
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not _group_alive(proc.pid), "a pipe command of the interrupted run is still running"
+        assert_group_gone(proc)
     finally:
         kill_group(proc)
         if proc.poll() is None:
