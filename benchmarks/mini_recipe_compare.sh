@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Mini-corpus accuracy of vanilla vs Type I (rev_) vs Type II (fullrev_) models, 32-bit vs 8-bit Adam,
 # at the same training budget (the same config, epochs, batch and seed; only model / optimizer change).
-#   benchmarks/mini_recipe_compare.sh [--config conf/mini.yaml] [--arch resnet18] [--train_opts "..."]
+#   benchmarks/mini_recipe_compare.sh [--config conf/mini_fast.yaml] [--arch resnet18] [--train_opts "..."]
 # Needs stages 1-2 of `recipes/voxceleb/run.sh --data mini` (data/mini, fbank/mini). Runs stages 3-5 per
 # variant into exp/compare/<variant> and prints EER / minDCF with ratios to the vanilla 32-bit run.
 set -euo pipefail
 cd "$(dirname "$0")/../recipes/voxceleb"
-config=conf/mini.yaml
+config=conf/mini_fast.yaml
 arch=resnet18
 train_opts=
 variants="vanilla:adam vanilla:adam8bit rev:adam rev:adam8bit fullrev:adam fullrev:adam8bit"

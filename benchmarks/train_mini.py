@@ -1,4 +1,4 @@
-"""`memsv train` on the mini corpus: the demo setup (conf/mini.yaml: reduced-width Type I reversible
+"""`memsv train` on the mini corpus: the demo setup (conf/mini_fast.yaml: reduced-width Type I reversible
 ResNet with 8-bit Adam) next to its vanilla / 32-bit counterparts, side by side in one run.
 
 Each variant is a separate ``memsv train`` process (so that its peak RSS is its own) with the same data,
@@ -6,7 +6,8 @@ seed and schedule; only ``model.name`` and ``optimizer.name`` change. Printed pe
 accuracy and loss, CPU seconds and wall seconds of the training process, peak RSS, and ratios against the
 first variant. CPU seconds are the stable figure on a shared machine (wall time depends on the load).
 
-Usage (FBANK holds feats.scp + utt2spk, e.g. from ``memsv prepare-data --corpus mini`` + extract-fbank)::
+Usage (FBANK holds feats.scp + utt2spk, e.g. from ``memsv prepare-data --corpus mini`` + extract-fbank,
+where speed perturbation and augmentation are turned off; or a make-shards dir, where they stay on)::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_mini.py --data FBANK/mini_train [--epochs N]
 """
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "resnet18 + Adam (32-bit)": ["--set", "model.name=resnet18", "--set", "optimizer.name=adam"],
     "rev_resnet18 + Adam (32-bit)": ["--set", "model.name=rev_resnet18", "--set", "optimizer.name=adam"],
-    "rev_resnet18 + Adam8bit (mini.yaml)": [],
+    "rev_resnet18 + Adam8bit (mini_fast.yaml)": [],
 }
 
 
@@ -38,7 +39,7 @@ def run_variant(name: str, extra: list[str], data: Path, exp: Path, common: list
         "memsv_cli",
         "train",
         "--config",
-        str(ROOT / "recipes/voxceleb/conf/mini.yaml"),
+        str(ROOT / "recipes/voxceleb/conf/mini_fast.yaml"),
         "--data",
         str(data),
         "--exp-dir",
@@ -70,11 +71,15 @@ def run_variant(name: str, extra: list[str], data: Path, exp: Path, common: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="training dir with feats.scp + utt2spk")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="training dir: extract-fbank (feats.scp) or make-shards output"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--only", default=None, help="comma-separated variant numbers (1-based) to run")
     args = parser.parse_args()
     common = ["--num-workers", "0"]
+    if (args.data / "feats.scp").is_file():  # features carry no audio: the demo's online chain is off
+        common += ["--set", "data.speed_perturb=false", "--set", "data.aug_prob=0"]
     if args.epochs:
         common += ["--epochs", str(args.epochs)]
     chosen = list(VARIANTS.items())
