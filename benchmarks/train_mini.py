@@ -71,9 +71,7 @@ def run_variant(name: str, extra: list[str], data: Path, exp: Path, common: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", type=Path, required=True, help="extract-fbank or make-shards output dir"
-    )
+    parser.add_argument("--data", type=Path, required=True, help="extract-fbank or make-shards output dir")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--only", default=None, help="comma-separated variant numbers (1-based) to run")
     args = parser.parse_args()
