@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The demo recipe's EER over seeds on both synthetic corpora, one table: what docs/results.md reports for
+# every demo-config candidate (a single run says little: the seed moves an EER by up to 5 points).
+#   benchmarks/seed_sweep.sh [--corpora "mini hnm"] [--seeds "42 43 44"] [--train_opts "..."] [--tag demo]
+# Needs stages 1-2 of `recipes/voxceleb/run.sh --data C` for each corpus C. Runs stages 3-6 per corpus
+# and seed into exp/sweep/<tag>_<C>_s<seed> (a finished one, with both results.json, is kept, so an
+# interrupted sweep continues where it stopped), then prints cosine / AS-norm EER per seed, the mean,
+# the final training accuracy and the stage 3-6 wall time. The LDA baseline each corpus must beat comes
+# from benchmarks/linear_baseline.py (mini 7.31%, hnm 7.68% at the default corpus seed 777).
+set -euo pipefail
+cd "$(dirname "$0")/../recipes/voxceleb"
+corpora="mini hnm"
+seeds="42 43 44"
+train_opts=
+tag=demo
+. tools/parse_options.sh || exit 1
+mkdir -p exp/sweep
+for c in $corpora; do
+  for s in $seeds; do
+    exp=exp/sweep/${tag}_${c}_s$s
+    [ -f "$exp/scores/results.json" ] && [ -f "$exp/scores_asnorm/results.json" ] && continue
+    rm -rf "$exp"
+    start=$SECONDS
+    ./run.sh --data "$c" --stage 3 --stop_stage 6 --exp_dir "$exp" \
+      --train_opts "--set seed=$s $train_opts" > "$exp.log" 2>&1 \
+      || { echo "failed: $c seed $s (see $exp.log)" >&2; exit 1; }
+    echo $((SECONDS - start)) > "$exp/wall_seconds"
+  done
+done
+python - "$tag" "$corpora" "$seeds" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+
+tag, corpora, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+
+
+def eer(exp: Path, scores: str) -> float:
+    return json.loads((exp / scores / "results.json").read_text())["results"][0]["eer"]
+
+
+def last_acc(exp: Path) -> float:
+    recs = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if r["type"] == "epoch"][-1]["acc"]
+
+
+print(f"| corpus | {' | '.join(f'seed {s}' for s in seeds)} | mean | training accuracy | stage 3-6 wall s |")
+print("|---|" + "---|" * (len(seeds) + 3))
+for c in corpora:
+    exps = [Path(f"exp/sweep/{tag}_{c}_s{s}") for s in seeds]
+    cos, asn = [eer(e, "scores") for e in exps], [eer(e, "scores_asnorm") for e in exps]
+    cells = [f"{a:.2f} / {b:.2f}" for a, b in zip(cos, asn)]
+    mean = f"{statistics.mean(cos):.2f} / {statistics.mean(asn):.2f}"
+    acc = ", ".join(f"{100 * last_acc(e):.1f}%" for e in exps)
+    wall = ", ".join((e / "wall_seconds").read_text().strip() for e in exps)
+    print(f"| {c} | {' | '.join(cells)} | **{mean}** | {acc} | {wall} |")
+print("EER % cosine (training mean subtracted) / AS-norm (top 300 of the training-speaker means)")
+PY
