@@ -5,10 +5,12 @@
 # Needs stages 1-2 of `recipes/voxceleb/run.sh --data C` for each corpus C. Runs stages 3-6 per corpus
 # and seed into exp/sweep/<tag>_<C>_s<seed> (a finished one, with both results.json, is kept, so an
 # interrupted sweep continues where it stopped), then prints cosine / AS-norm EER per seed, the mean,
-# the final training accuracy and the stage 3-6 wall time. The LDA baseline each corpus must beat comes
-# from benchmarks/linear_baseline.py (mini 7.31%, hnm 7.68% at the default corpus seed 777).
+# the final training accuracy and the stage 3-6 wall time, beside the linear baseline each corpus must
+# beat (benchmarks/linear_baseline.py's mean+std fbank + LDA + cosine on the same data dirs, computed once
+# into exp/sweep/baseline_<C>.json; mini 7.31%, hnm 7.68% at the default corpus seed 777).
 set -euo pipefail
 cd "$(dirname "$0")/../recipes/voxceleb"
+. ./path.sh
 corpora="mini hnm"
 seeds="42 43 44"
 train_opts=
@@ -26,6 +28,20 @@ for c in $corpora; do
       || { echo "failed: $c seed $s (see $exp.log)" >&2; exit 1; }
     echo $((SECONDS - start)) > "$exp/wall_seconds"
   done
+  base=exp/sweep/baseline_$c.json
+  [ -f "$base" ] || python - "$c" "$base" <<'PY'
+import json, sys
+from pathlib import Path
+
+sys.path.insert(0, "../../benchmarks")
+from linear_baseline import run_baselines  # noqa: E402
+
+name, out = sys.argv[1], Path(sys.argv[2])
+result = run_baselines(Path(f"data/{name}/{name}_train"), Path(f"data/{name}/{name}_test"), nj=2)
+tmp = out.with_suffix(".tmp")
+tmp.write_text(json.dumps({"eer": result["mean+std LDA (svd) cosine"].eer_percent}))
+tmp.replace(out)
+PY
 done
 python - "$tag" "$corpora" "$seeds" <<'PY'
 import json, statistics, sys
@@ -43,8 +59,9 @@ def last_acc(exp: Path) -> float:
     return [r for r in recs if r["type"] == "epoch"][-1]["acc"]
 
 
-print(f"| corpus | {' | '.join(f'seed {s}' for s in seeds)} | mean | training accuracy | stage 3-6 wall s |")
-print("|---|" + "---|" * (len(seeds) + 3))
+head = " | ".join(f"seed {s}" for s in seeds)
+print(f"| corpus | {head} | mean | LDA baseline | training accuracy | stage 3-6 wall s |")
+print("|---|" + "---|" * (len(seeds) + 4))
 for c in corpora:
     exps = [Path(f"exp/sweep/{tag}_{c}_s{s}") for s in seeds]
     cos, asn = [eer(e, "scores") for e in exps], [eer(e, "scores_asnorm") for e in exps]
@@ -52,6 +69,7 @@ for c in corpora:
     mean = f"{statistics.mean(cos):.2f} / {statistics.mean(asn):.2f}"
     acc = ", ".join(f"{100 * last_acc(e):.1f}%" for e in exps)
     wall = ", ".join((e / "wall_seconds").read_text().strip() for e in exps)
-    print(f"| {c} | {' | '.join(cells)} | **{mean}** | {acc} | {wall} |")
+    base = json.loads(Path(f"exp/sweep/baseline_{c}.json").read_text())["eer"]
+    print(f"| {c} | {' | '.join(cells)} | **{mean}** | {base:.2f} | {acc} | {wall} |")
 print("EER % cosine (training mean subtracted) / AS-norm (top 300 of the training-speaker means)")
 PY

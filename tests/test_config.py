@@ -119,7 +119,9 @@ def test_saved_config_round_trips_and_diff_names_changed_keys(tmp_path: Path) ->
 RECIPE_CONF = Path(__file__).resolve().parents[1] / "recipes" / "voxceleb" / "conf"
 
 
-@pytest.mark.parametrize("name", ["resnet34", "rev_resnet34_sgd8bit", "fullrev_resnet34_adam8bit", "mini"])
+@pytest.mark.parametrize(
+    "name", ["resnet34", "rev_resnet34_sgd8bit", "fullrev_resnet34_adam8bit", "mini_fast"]
+)
 def test_recipe_configs_build_their_model_and_optimizer(name: str) -> None:
     from memsv_cli.train.settings import Settings
     from memsv_cli.train.state import build_model_checked, build_optimizer_for
@@ -128,7 +130,7 @@ def test_recipe_configs_build_their_model_and_optimizer(name: str) -> None:
     model = build_model_checked(cfg)
     optimizer = build_optimizer_for(Settings.from_config(cfg), model.parameters())
     assert type(optimizer).__name__.lower() == cfg["optimizer"]["name"]
-    if name != "mini":  # the full-size configs keep ResNet34's 6.63M parameters
+    if name != "mini_fast":  # the full-size configs keep ResNet34's 6.63M parameters
         assert sum(p.numel() for p in model.parameters()) == pytest.approx(6.63e6, rel=0.01)
 
 
