@@ -3,11 +3,12 @@
 # every demo-config candidate (a single run says little: the seed moves an EER by up to 5 points).
 #   benchmarks/seed_sweep.sh [--corpora "mini hnm"] [--seeds "42 43 44"] [--train_opts "..."] [--tag demo]
 # Needs stages 1-2 of `recipes/voxceleb/run.sh --data C` for each corpus C. Runs stages 3-6 per corpus
-# and seed into exp/sweep/<tag>_<C>_s<seed> (a finished one, with both results.json, is kept, so an
-# interrupted sweep continues where it stopped), then prints cosine / AS-norm EER per seed, the mean,
+# and seed into exp/sweep/<tag>_<C>_s<seed> (a finished one is kept, so an interrupted sweep continues
+# where it stopped; one finished with other --train_opts is an error, not silently reused), then prints cosine / AS-norm EER per seed, the mean,
 # the final training accuracy and the stage 3-6 wall time, beside the linear baseline each corpus must
 # beat (benchmarks/linear_baseline.py's mean+std fbank + LDA + cosine on the same data dirs, computed once
-# into exp/sweep/baseline_<C>.json; mini 7.31%, hnm 7.68% at the default corpus seed 777).
+# into exp/sweep/baseline_<C>.json; mini 7.31%, hnm 7.68% at the default corpus seed 777; remove
+# exp/sweep after re-making the corpora).
 set -euo pipefail
 cd "$(dirname "$0")/../recipes/voxceleb"
 . ./path.sh
@@ -20,13 +21,18 @@ mkdir -p exp/sweep
 for c in $corpora; do
   for s in $seeds; do
     exp=exp/sweep/${tag}_${c}_s$s
-    [ -f "$exp/scores/results.json" ] && [ -f "$exp/scores_asnorm/results.json" ] && continue
+    if [ -f "$exp/wall_seconds" ]; then  # finished: reuse it, but only for the same options
+      [ "$(cat "$exp/sweep_opts")" = "$train_opts" ] && continue
+      echo "$0: $exp was run with --train_opts '$(cat "$exp/sweep_opts")'; use another --tag or remove it" >&2
+      exit 1
+    fi
     rm -rf "$exp"
     start=$SECONDS
     ./run.sh --data "$c" --stage 3 --stop_stage 6 --exp_dir "$exp" \
       --train_opts "--set seed=$s $train_opts" > "$exp.log" 2>&1 \
       || { echo "failed: $c seed $s (see $exp.log)" >&2; exit 1; }
-    echo $((SECONDS - start)) > "$exp/wall_seconds"
+    printf '%s' "$train_opts" > "$exp/sweep_opts"
+    echo $((SECONDS - start)) > "$exp/wall_seconds"  # last: marks the run finished
   done
   base=exp/sweep/baseline_$c.json
   [ -f "$base" ] || python - "$c" "$base" <<'PY'
