@@ -128,20 +128,27 @@ def interrupt_memsv(
 
 
 def assert_group_gone(proc: subprocess.Popen[str]) -> None:
-    """Fail unless every process of ``proc``'s group (workers, pipe commands) has exited; a loaded
-    machine can take seconds to schedule the workers' exits, so 30 s only bounds a failure."""
+    """Fail unless every process of ``proc``'s session has exited: its workers, and the pipe commands
+    they ran, each in a process group of its own. A loaded machine can take seconds to schedule the
+    workers' exits, so 30 s only bounds a failure."""
     deadline = time.monotonic() + 30
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while _session_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not _group_alive(proc.pid), "processes of the interrupted run are still running"
+    assert not _session_alive(proc.pid), (
+        f"processes of the interrupted run are still running: {_session_alive(proc.pid)}"
+    )
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _session_alive(sid: int) -> list[str]:
+    """The processes (``pid command``) of session ``sid`` that are not zombies, from ``/proc``."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            command, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+            if int(rest[3]) == sid and rest[0] != "Z":  # fields 6 (session) and 3 (state) of proc(5)
+                alive.append(f"{stat.parent.name} {command}")
+    return alive
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -337,6 +344,23 @@ def test_no_pipe_command_starts_after_a_worker_got_ctrl_c(tmp_path, command):
         kill_group(proc)
         if proc.poll() is None:
             proc.wait()
+
+
+@pytest.mark.parametrize(("command", "nj"), [("extract-fbank", 1), ("extract-fbank", 2), ("make-shards", 2)])
+def test_ctrl_c_stops_a_pipe_command_that_ignores_it(tmp_path, command, nj):
+    """A pipe command can survive Ctrl-C: a tool that handles SIGINT (ffmpeg finishes its file), or a
+    shell whose child had just exited 0 when the signal came (dash then carries on with the next command,
+    which never got it: the race behind the CI failure of stop 21). Killing only the shell left such a
+    command running for its full 60 s; the run must take the pipe's whole process group down."""
+    data = make_data_dir(tmp_path, 4)
+    scp = (data / "wav.scp").read_text().splitlines()
+    key, path = scp[-1].split(maxsplit=1)
+    started = blocked_started(tmp_path)
+    scp[-1] = f"{key} touch {started}; (trap '' INT; exec sleep 60); cat {path} |"
+    (data / "wav.scp").write_text("\n".join(scp) + "\n")
+    proc = start_memsv([command, data, tmp_path / "out", "--nj", nj])
+    code, stdout, stderr = interrupt_memsv(proc, started.exists)  # checks that the session is gone
+    assert (code, stdout, stderr) == (130, "", f"memsv {command}: interrupted\n")
 
 
 def test_ctrl_c_in_process_is_reported(tmp_path, capsys, monkeypatch):

@@ -11,7 +11,9 @@ Samples come back in Kaldi's scale: float32 in the int16 range [-32768, 32767], 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import signal
 import struct
 import subprocess
@@ -43,17 +45,41 @@ def raise_if_interrupted(err: AudioError) -> None:
         raise KeyboardInterrupt from None
 
 
-# Set in a data-stage worker when Ctrl-C reaches its process group (fbank._worker_main's handler): the
-# signal only reaches the pipe commands running at that moment, so none may start after it. Otherwise a
-# command forked just after the Ctrl-C (e.g. ``sleep 60; cat x.wav |``) outlives the stopped run.
+# Set in a data-stage worker when Ctrl-C reaches its process group (fbank._worker_main's handler): no pipe
+# command may start after it. Otherwise a command forked just after the Ctrl-C (e.g. ``sleep 60; cat x.wav
+# |``) would outlive the stopped run.
 _interrupted = False
+# Process groups of the pipe commands this process is running. Each command runs in a group of its own, so
+# that everything it starts can be stopped at once: a shell that gets Ctrl-C while its child survives it (a
+# tool that handles SIGINT, as ffmpeg does, or a child that had just exited 0) carries on with its next
+# command, which the Ctrl-C never reached, and killing only the shell would leave that command running.
+_pipe_groups: set[int] = set()
+
+
+def kill_pipe_commands() -> None:
+    """SIGKILL every process of every pipe command this process is running."""
+    for pgid in list(_pipe_groups):
+        _kill_group(pgid)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def note_interrupt(signum: int, frame: object) -> None:
-    """SIGINT handler of a data-stage worker: start no pipe command from now on (its parent stops the
-    run; :func:`_run_pipe` raises :class:`PipeInterrupted` instead)."""
+    """SIGINT handler of a data-stage worker: stop the pipe commands it runs and start none from now on
+    (its parent stops the run; :func:`_run_pipe` raises :class:`PipeInterrupted` instead)."""
     global _interrupted
     _interrupted = True
+    kill_pipe_commands()
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM handler of a data-stage worker (its parent stops it after another job failed or after
+    Ctrl-C): take its pipe commands along, then exit as SIGTERM's default action would (status 143)."""
+    kill_pipe_commands()
+    os._exit(128 + signal.SIGTERM)
 
 
 def is_pipe(spec: str) -> bool:
@@ -67,17 +93,55 @@ def _run_pipe(spec: str) -> bytes:
         raise AudioError("empty pipe command")
     if _interrupted:
         raise PipeInterrupted("run interrupted (SIGINT) before the pipe command started")
-    proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    # Killed by SIGINT, or a shell reporting a child killed by it (128 + 2): the run is being interrupted.
-    # Without this, a worker could report "pipe command failed" before its parent sees the Ctrl-C.
-    if proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT):
+    returncode, stdout, stderr = _run_in_own_group(command)
+    # Stopped by the Ctrl-C (killed by our handler, or by SIGINT itself; 128 + 2: a shell reporting a child
+    # killed by it). Without this, a worker could report "pipe command failed" before its parent sees it.
+    if _interrupted or returncode in (-signal.SIGINT, 128 + signal.SIGINT):
         raise PipeInterrupted("pipe command interrupted (SIGINT)")
-    if proc.returncode != 0:
-        last = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["(no message)"])[-1]
-        raise AudioError(f"pipe command failed with exit status {proc.returncode}: {last}")
-    if not proc.stdout:
+    if returncode != 0:
+        last = (stderr.decode("utf-8", "replace").strip().splitlines() or ["(no message)"])[-1]
+        raise AudioError(f"pipe command failed with exit status {returncode}: {last}")
+    if not stdout:
         raise AudioError("pipe command wrote no audio to stdout")
-    return proc.stdout
+    return stdout
+
+
+def _run_in_own_group(command: str) -> tuple[int, bytes, bytes]:
+    """Run ``command`` through the shell in a process group of its own; returns (exit status, stdout,
+    stderr). Whatever interrupts the wait (Ctrl-C's ``KeyboardInterrupt`` in a one-job run) kills the
+    whole group first, so nothing the command started outlives the run."""
+    proc = subprocess.Popen(
+        command,
+        shell=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        process_group=0,
+    )
+    _pipe_groups.add(proc.pid)
+    try:
+        if _interrupted:  # the Ctrl-C came between the check in _run_pipe and the line above
+            kill_pipe_commands()
+        stdout, stderr = _communicate(proc)
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.wait()
+        raise
+    finally:
+        _pipe_groups.discard(proc.pid)
+    return proc.returncode, stdout, stderr
+
+
+def _communicate(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """``proc.communicate()`` in 0.1-s slices. Python runs signal handlers only in the main thread, when
+    it returns to bytecode; a signal the kernel hands to another thread (a worker's queue feeder thread)
+    does not interrupt this thread's wait, so without slices Ctrl-C's and SIGTERM's handlers would wait
+    for the pipe command to end by itself (a hang for a command that ignores SIGINT)."""
+    while True:
+        try:
+            return proc.communicate(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            continue  # documented: retrying loses no output
 
 
 def _repair_streamed_wav(data: bytes) -> bytes:

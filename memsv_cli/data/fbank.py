@@ -43,7 +43,13 @@ import kaldiio
 import numpy as np
 
 from memsv_cli.atomic import atomic_path, write_lines_atomic, write_text_atomic
-from memsv_cli.data.audio import AudioError, note_interrupt, raise_if_interrupted, read_audio
+from memsv_cli.data.audio import (
+    AudioError,
+    note_interrupt,
+    raise_if_interrupted,
+    read_audio,
+    stop_on_sigterm,
+)
 from memsv_cli.data.kaldi_dir import (
     DataDir,
     c_sorted,
@@ -680,14 +686,15 @@ def _worker_main(run, job, progress_queue, result_queue) -> None:  # noqa: ANN00
     constructor arguments and do not survive unpickling.
 
     Ctrl-C reaches the whole process group; a worker carries on (its parent stops it), so that only the
-    parent reports the interrupt, but starts no pipe command after it (:func:`audio.note_interrupt`: one
-    forked after the signal would not get it and outlive the run). A Python-level handler, not
-    ``SIG_IGN``: exec'd pipe commands get the default action back and die with the group, where an
-    ignored signal would be inherited. A run that inherited SIGINT ignored (started in the background by
-    a non-interactive shell) keeps it ignored in its pipe commands too.
+    parent reports the interrupt, but kills the pipe command it runs (each runs in a process group of
+    its own, which the Ctrl-C does not reach) and starts none after it (:func:`audio.note_interrupt`).
+    Stopped by its parent (SIGTERM), it takes its pipe command along too (:func:`audio.stop_on_sigterm`).
+    A run that inherited SIGINT ignored (started in the background by a non-interactive shell) keeps
+    ignoring it, as Kaldi's tools would.
     """
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, note_interrupt)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         result_queue.put((job.index, "ok", run(job, progress_queue.put)))
     except KeyboardInterrupt:  # a pipe command of the job died of the Ctrl-C (audio.PipeInterrupted)
