@@ -1,7 +1,9 @@
 """``memsv similarity a.wav b.wav``: the recipe's cosine score of two recordings and a same/different call.
 
-- **Score** as ``memsv score`` computes it: both embeddings minus the training-set mean (the mean of all
-  vectors of the threshold list's ``mean_from`` scp, or ``--mean-from``), length-normalised, cosine.
+- **Score** as ``memsv score`` computes it: both embeddings through the list's ``transform`` (an LDA
+  of ``memsv compute-lda``) when it has one, minus the training-set mean (the mean of all vectors of
+  the threshold list's ``mean_from`` scp, or ``--mean-from``, transformed alike), length-normalised,
+  cosine.
 - **Threshold** from ``thresholds.json``, which ``memsv score --out-dir DIR`` writes for labelled trial
   lists (default: ``EXP/scores/thresholds.json`` for ``--checkpoint EXP/models/avg_model.pt``, where
   the recipe's stage 5 puts it). Only lists scored without normalisation (``"norm": null``) are used:
@@ -61,6 +63,7 @@ class Choice:
     file: Path | None
     mean_from: str | None
     note: str | None  # why there is no decision
+    transform: str | None = None  # the list's transform (memsv compute-lda), applied before the mean
 
 
 def _pick_list(lists: list[ListThresholds], file: Path, list_name: str | None) -> ListThresholds:
@@ -123,8 +126,8 @@ def choose_threshold(
         message = f"{file}: list {entry.name!r} stores no finite {kind} threshold"
         if threshold is not None:
             raise MemsvError(message)
-        return Choice(None, None, entry.name, file, entry.mean_from, message)
-    return Choice(stored, kind, entry.name, file, entry.mean_from, None)
+        return Choice(None, None, entry.name, file, entry.mean_from, message, entry.transform)
+    return Choice(stored, kind, entry.name, file, entry.mean_from, None, entry.transform)
 
 
 def training_mean(scp: str | Path) -> np.ndarray:
@@ -165,6 +168,7 @@ class SimilarityResult:
             "list": c.list_name,
             "thresholds_file": None if c.file is None else str(c.file),
             "mean_from": self.mean_from,
+            "transform": c.transform,
             "note": c.note,
         }
 
@@ -200,6 +204,13 @@ def similarity(
     window = embedder.window_frames(window_seconds)
     a, b = (embedder.embed_file(f, window, detector) for f in (file_a, file_b))
     mean = training_mean(mean_scp) if mean_scp is not None else None
+    if choice.transform is not None:  # the list was scored in the LDA space: so is this pair
+        from memsv_cli.scoring.lda import apply_transform, check_transform, read_transform
+
+        matrix = read_transform(choice.transform)
+        check_transform(matrix, a.shape[0], choice.transform)
+        a, b = apply_transform(matrix, np.stack([a, b]))
+        mean = None if mean is None else apply_transform(matrix, mean[None])[0]
     score = cosine_score(a, b, mean)
     same = None if choice.threshold is None else score >= choice.threshold
     return SimilarityResult(score, same, choice, mean_scp)

@@ -331,6 +331,32 @@ def test_similarity_decides_with_the_threshold_memsv_score_stored(mini, capsys) 
     path.unlink()
 
 
+def test_similarity_scores_in_the_lda_space_its_list_was_scored_in(mini, tmp_path: Path, capsys) -> None:
+    """A list scored with ``--transform`` (the recipe's LDA back-end) stores it in thresholds.json; the
+    score of a pair must then be that list's score, so the threshold applies to it."""
+    lda, out = tmp_path / "lda.mat", tmp_path / "scores"
+    utt2spk = mini["root"] / "fbank" / "mini_train" / "utt2spk"
+    code, _, err = run_main(["compute-lda", str(mini["train_emb"]), str(utt2spk), str(lda)], capsys)
+    assert code == 0, err
+    trials = mini["root"] / "fbank" / "mini_test" / "trials" / "mini.kaldi"
+    code, _, err = run_main(
+        ["score", "-t", str(trials), "-e", str(mini["test_emb"]), "--mean-from", str(mini["train_emb"])]
+        + ["--transform", str(lda), "--out-dir", str(out)],
+        capsys,
+    )
+    assert code == 0, err
+    enroll, test, score, _ = (out / "mini.kaldi.score").read_text().splitlines()[0].split()
+    r = _similarity(mini, enroll, test, capsys, "--thresholds", str(out / "thresholds.json"))
+    assert r["transform"] == str(lda.absolute()) and r["mean_from"] == str(mini["train_emb"])
+    assert r["score"] == pytest.approx(float(score), abs=2e-6)
+    assert r["decision"] == ("same" if r["score"] >= r["threshold"] else "different")
+    wavs = mini["wavs"]
+    argv = ["similarity", wavs[enroll], wavs[test], "--checkpoint", str(mini["ckpt"])]
+    code, stdout, err = run_main([*argv, "--thresholds", str(out / "thresholds.json")], capsys)
+    assert code == 0, err
+    assert f"transform {lda.absolute()}" in stdout
+
+
 def test_similarity_without_thresholds_prints_the_score_and_how_to_get_one(
     mini, tmp_path: Path, capsys
 ) -> None:

@@ -26,6 +26,7 @@ KEYS = {
     "min_dcf_01_threshold",
     "min_dcf_05",
     "min_dcf_05_threshold",
+    "transform",
 }
 
 
@@ -56,7 +57,7 @@ def test_thresholds_json_holds_each_labelled_list_and_its_operating_points(lists
     assert entry["name"] == "vox1_O.kaldi" == results[0].name
     assert entry["trials"] == str(lists["kaldi"].absolute()) and Path(entry["trials"]).is_absolute()
     assert entry["embeddings"] == str(lists["scp"].absolute())
-    assert entry["mean_from"] is None and entry["norm"] is None
+    assert entry["mean_from"] is None and entry["norm"] is None and entry["transform"] is None
     m = results[0].metrics
     assert (entry["eer_percent"], entry["min_dcf_01"], entry["min_dcf_05"]) == (
         m.eer_percent,
@@ -130,6 +131,7 @@ def test_read_thresholds_rejects_malformed_files_in_one_line(tmp_path, text: str
         "embeddings": "/e",
         "mean_from": None,
         "norm": None,
+        "transform": None,
     }
     lists = {
         "BAD_NUMBER": [good | {"eer_threshold": "x"}],

@@ -125,6 +125,8 @@ def _print_similarity(r: SimilarityResult) -> None:
         else:
             print(f"threshold {c.kind} of list {c.list_name!r} in {c.file}")
     print(f"mean      {r.mean_from or 'none subtracted'}")
+    if c.transform is not None:
+        print(f"transform {c.transform}")
 
 
 def export_command(

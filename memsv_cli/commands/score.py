@@ -56,6 +56,12 @@ def score(
         None, "--cohort", help="Cohort scp for --norm (e.g. spk_xvector.scp of the training speakers)."
     ),
     top_n: int = typer.Option(300, "--top-n", help="AS-norm: number of top cohort scores kept."),
+    transform: Path = typer.Option(
+        None,
+        "--transform",
+        help="Kaldi matrix applied to every embedding first (memsv compute-lda's lda.mat); --mean-from's "
+        "mean is then taken in its space.",
+    ),
     out_dir: Path = typer.Option(
         None,
         "--out-dir",
@@ -125,6 +131,7 @@ def score(
             norm=norm,
             cohort=cohort,
             top_n=top_n,
+            transform=transform,
             out_dir=out_dir,
             det_plot=det_plot,
             skip_missing=skip_missing,
@@ -155,6 +162,28 @@ def _report(results: list[TrialListResult], out_dir: Path | None, as_json: bool)
         _print_table(results)
 
 
+def compute_lda(
+    embeddings: Path = typer.Argument(
+        ..., help="xvector.scp of the training set (memsv extract-embeddings)."
+    ),
+    utt2spk: Path = typer.Argument(..., help="utt2spk of the same set: the speaker of each embedding."),
+    out: Path = typer.Argument(..., help="The transform to write, a Kaldi matrix (e.g. EXP/lda/lda.mat)."),
+    dim: int = typer.Option(
+        None, "--dim", help="Output dimension (default: speakers - 1, at most the embedding size)."
+    ),
+) -> None:
+    """LDA back-end, as Kaldi's ivector-compute-lda: fit on the training speakers' embeddings (mean
+    subtracted, Ledoit-Wolf-shrunk within-class scatter) and write the affine transform for
+    `memsv score --transform`."""
+    from memsv_cli.scoring.lda import compute_lda as run
+
+    used, speakers, shape = run(embeddings, utt2spk, out, dim)
+    make_console(stderr=True).print(
+        f"compute-lda: {used} embeddings of {speakers} speakers, {shape[1] - 1} -> {shape[0]} dims -> {out}"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``memsv score`` to the app."""
+    """Add ``memsv score`` and ``memsv compute-lda`` to the app."""
     app.command(name="score")(score)
+    app.command(name="compute-lda")(compute_lda)

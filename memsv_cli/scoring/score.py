@@ -28,6 +28,7 @@ from memsv_cli.atomic import write_text_atomic
 from memsv_cli.data.kaldi_dir import NONTARGET, TARGET, Trial, read_table, read_trials
 from memsv_cli.errors import InputError, MemsvError
 from memsv_cli.scoring.keys import KeyIndex
+from memsv_cli.scoring.lda import apply_transform, check_transform, read_transform
 from memsv_cli.scoring.metrics import ErrorRates, Metrics, compute_metrics
 from memsv_cli.scoring.norm import cosine_pairs, length_normalise, normalise_with_stats, trial_cohort_stats
 from memsv_cli.scoring.qmf import QMF_FILE, Durations, QmfModel, fit_qmf, quality_features, read_durations
@@ -138,10 +139,12 @@ def mean_embedding(table: EmbeddingTable) -> np.ndarray:
 
 
 def _check_dim(table: EmbeddingTable, other: EmbeddingTable, what: str) -> None:
-    if other.dim != table.dim:
-        raise InputError(
-            other.path, f"{what} embeddings have dimension {other.dim}, but {table.path} has {table.dim}"
-        )
+    _check_dim_raw(table.dim, table.path, other, what)
+
+
+def _check_dim_raw(dim: int, path: Path, other: EmbeddingTable, what: str) -> None:
+    if other.dim != dim:
+        raise InputError(other.path, f"{what} embeddings have dimension {other.dim}, but {path} has {dim}")
 
 
 @dataclass
@@ -234,6 +237,7 @@ class _Scorer:
         mean: ``(D,)`` the subtracted mean, or None.
         unit_cohort: ``(C, D)`` the cohort, processed the same way, or None (no normalisation).
         top_n: AS-norm's top-N; None with a cohort means S-norm.
+        transform: the ``--transform`` matrix applied to every scp first (:mod:`.lda`), or None.
     """
 
     table: EmbeddingTable
@@ -241,32 +245,55 @@ class _Scorer:
     mean: np.ndarray | None
     unit_cohort: np.ndarray | None
     top_n: int | None
+    transform: np.ndarray | None = None
 
     def with_embeddings(self, embeddings: str | Path) -> _Scorer:
-        """The same processing (mean, cohort, normalisation) applied to another embedding scp."""
+        """The same processing (transform, mean, cohort, normalisation) applied to another embedding scp."""
         table = load_embeddings(embeddings)
-        _check_dim(self.table, table, "--qmf-embeddings")
+        if self.transform is None:
+            _check_dim(self.table, table, "--qmf-embeddings")
+        else:
+            check_transform(self.transform, table.dim, table.path)
+        table = _transformed(table, self.transform)
         unit = length_normalise(table.matrix if self.mean is None else table.matrix - self.mean)
-        return _Scorer(table, unit, self.mean, self.unit_cohort, self.top_n)
+        return _Scorer(table, unit, self.mean, self.unit_cohort, self.top_n, self.transform)
+
+
+def _transformed(table: EmbeddingTable, transform: np.ndarray | None) -> EmbeddingTable:
+    """``table`` with its vectors through ``transform`` (unchanged for None)."""
+    if transform is None:
+        return table
+    return EmbeddingTable(table.path, table.keys, table.index, apply_transform(transform, table.matrix))
 
 
 def _prepare(
-    embeddings: str | Path, mean_from: str | Path | None, cohort: str | Path | None, top_n: int | None
+    embeddings: str | Path,
+    mean_from: str | Path | None,
+    cohort: str | Path | None,
+    top_n: int | None,
+    transform: str | Path | None = None,
 ) -> _Scorer:
-    """Load the trial embeddings (and cohort), subtract the ``mean_from`` mean, length-normalise."""
+    """Load the trial embeddings (and cohort), apply ``transform``, subtract the ``mean_from`` mean (of
+    the transformed vectors), length-normalise."""
     table = load_embeddings(embeddings)
+    matrix = None
+    if transform is not None:
+        matrix = read_transform(transform)
+        check_transform(matrix, table.dim, transform)
+    raw_dim, table = table.dim, _transformed(table, matrix)
     mean = None
     if mean_from is not None:
         mean_table = load_embeddings(mean_from)
-        _check_dim(table, mean_table, "--mean-from")
-        mean = mean_embedding(mean_table)
+        _check_dim_raw(raw_dim, table.path, mean_table, "--mean-from")
+        mean = mean_embedding(_transformed(mean_table, matrix))
     unit = length_normalise(table.matrix if mean is None else table.matrix - mean)
     if cohort is None:
-        return _Scorer(table, unit, mean, None, None)
+        return _Scorer(table, unit, mean, None, None, matrix)
     cohort_table = load_embeddings(cohort)
-    _check_dim(table, cohort_table, "cohort")
+    _check_dim_raw(raw_dim, table.path, cohort_table, "cohort")
+    cohort_table = _transformed(cohort_table, matrix)
     cohort_emb = cohort_table.matrix if mean is None else cohort_table.matrix - mean
-    return _Scorer(table, unit, mean, length_normalise(cohort_emb), top_n)
+    return _Scorer(table, unit, mean, length_normalise(cohort_emb), top_n, matrix)
 
 
 @dataclass
@@ -463,12 +490,14 @@ def _write_records(
     mean_from: str | Path | None,
     norm: str | None,
     model: QmfModel | None,
+    transform: str | Path | None = None,
 ) -> None:
     """``thresholds.json`` (the plain lists) and, with QMF, ``qmf.json`` in ``out_dir``."""
     plain = [r for r in results if not r.qmf]
     mean_path = None if mean_from is None else Path(mean_from)
+    transform_path = None if transform is None else Path(transform)
     entries = [
-        list_thresholds(r.name, r.path, Path(embeddings), mean_path, norm, m)
+        list_thresholds(r.name, r.path, Path(embeddings), mean_path, norm, m, transform_path)
         for r in plain
         if (m := r.metrics) is not None
     ]
@@ -485,6 +514,7 @@ def score_trial_lists(
     norm: str | None = None,
     cohort: str | Path | None = None,
     top_n: int = 300,
+    transform: str | Path | None = None,
     out_dir: str | Path | None = None,
     det_plot: bool = False,
     skip_missing: bool = False,
@@ -504,6 +534,8 @@ def score_trial_lists(
             scoring, e.g. the training set's ``xvector.scp``.
         norm: None, ``"asnorm"`` (top-``top_n`` cohort scores) or ``"snorm"`` (all cohort scores).
         cohort: scp of cohort embeddings (e.g. training-speaker means, ``spk_xvector.scp``).
+        transform: a Kaldi matrix (``memsv compute-lda``'s LDA) applied to every scp's vectors first;
+            ``mean_from``'s mean is then taken of the transformed vectors.
         out_dir: where ``<trials name>.score`` (and ``.det.png``) go, with ``thresholds.json``
             (:mod:`memsv_cli.scoring.thresholds`); None writes no files.
         det_plot: also write a DET curve per labelled list (needs ``out_dir``).
@@ -528,7 +560,7 @@ def score_trial_lists(
     train = None if qmf_train is None else read_trials(qmf_train, require_labels=True)
     durations = read_durations(qmf_durations) if qmf_durations else None
 
-    scorer = _prepare(embeddings, mean_from, cohort, top_n if norm == "asnorm" else None)
+    scorer = _prepare(embeddings, mean_from, cohort, top_n if norm == "asnorm" else None, transform)
     model, qmf_notes = None, []
     if qmf_train is not None and train is not None:
         train_scorer = scorer if qmf_embeddings is None else scorer.with_embeddings(qmf_embeddings)
@@ -546,7 +578,7 @@ def score_trial_lists(
             results.append(_result(f"{path.name}.qmf", path, scored, model.apply(features), out, det_plot))
             results[-1].qmf, results[-1].notes, qmf_notes = True, notes + qmf_notes, []
     if out is not None:
-        _write_records(out, results, embeddings, mean_from, norm, model)
+        _write_records(out, results, embeddings, mean_from, norm, model, transform)
     return results
 
 

@@ -5,11 +5,14 @@ The contract (read by ``memsv similarity`` through :func:`read_thresholds`)::
     {"version": 1,
      "lists": [{"name": "<trial list name as in the results table>", "trials": "<abs path>",
                 "embeddings": "<abs path>", "mean_from": "<abs path or null>", "norm": null,
+                "transform": "<abs path or null>",
                 "eer_percent": 1.23, "eer_threshold": 0.41,
                 "min_dcf_01": 0.12, "min_dcf_01_threshold": 0.55,
                 "min_dcf_05": 0.08, "min_dcf_05_threshold": 0.50}]}
 
-``norm`` is ``"asnorm"`` or ``"snorm"`` when the scores were normalised (against a cohort that the file
+``transform`` is the ``--transform`` matrix (``memsv compute-lda``) the vectors went through before the
+mean was subtracted; files written before it existed lack the key, which reads as null. ``norm`` is
+``"asnorm"`` or ``"snorm"`` when the scores were normalised (against a cohort that the file
 does not name) and null for plain cosine. Thresholds are on the scale of the score file: accept a trial
 when ``score >= threshold``. ``eer_threshold`` is the largest distinct score at which the miss rate no
 longer exceeds the false-alarm rate (the ROC's first operating point at or past the EER crossing);
@@ -53,6 +56,11 @@ class ListThresholds:
     min_dcf_01_threshold: float | None
     min_dcf_05: float
     min_dcf_05_threshold: float | None
+    transform: str | None = None
+
+
+#: keys a file may lack (added after version 1 was first written), with the value they read as
+_OPTIONAL = {"transform": None}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -60,7 +68,13 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def list_thresholds(
-    name: str, trials: Path, embeddings: Path, mean_from: Path | None, norm: str | None, metrics: Metrics
+    name: str,
+    trials: Path,
+    embeddings: Path,
+    mean_from: Path | None,
+    norm: str | None,
+    metrics: Metrics,
+    transform: Path | None = None,
 ) -> ListThresholds:
     """The entry of one scored list; paths are made absolute."""
     return ListThresholds(
@@ -75,6 +89,7 @@ def list_thresholds(
         min_dcf_01_threshold=_finite_or_none(metrics.min_dcf_01_threshold),
         min_dcf_05=metrics.min_dcf_05,
         min_dcf_05_threshold=_finite_or_none(metrics.min_dcf_05_threshold),
+        transform=None if transform is None else str(Path(transform).absolute()),
     )
 
 
@@ -89,14 +104,16 @@ def _entry(path: Path, number: int, obj: object) -> ListThresholds:
     if not isinstance(obj, dict):
         raise InputError(path, f"lists[{number - 1}] is not an object")
     where = f"lists[{number - 1}] ({obj.get('name')!r})"
+    obj = {**_OPTIONAL, **obj}
     missing = [f for f in ListThresholds.__dataclass_fields__ if f not in obj]
     if missing:
         raise InputError(path, f"{where} lacks {', '.join(missing)}")
     for key in ("name", "trials", "embeddings"):
         if not isinstance(obj[key], str) or not obj[key]:
             raise InputError(path, f"{where}: {key} must be a non-empty string, got {obj[key]!r}")
-    if obj["mean_from"] is not None and not isinstance(obj["mean_from"], str):
-        raise InputError(path, f"{where}: mean_from must be a path or null, got {obj['mean_from']!r}")
+    for key in ("mean_from", "transform"):
+        if obj[key] is not None and not isinstance(obj[key], str):
+            raise InputError(path, f"{where}: {key} must be a path or null, got {obj[key]!r}")
     if obj["norm"] not in _NORMS:
         raise InputError(path, f"{where}: norm must be null, 'asnorm' or 'snorm', got {obj['norm']!r}")
     for key in ("eer_percent", "eer_threshold", "min_dcf_01", "min_dcf_05"):

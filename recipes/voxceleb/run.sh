@@ -72,6 +72,11 @@ gpu_memory=                # card size, e.g. 11GiB: stages 3 and 8 train with th
 num_avg=                   # checkpoints averaged into avg_model.pt (default: train.num_avg of the config)
 score_norm=asnorm          # stage 6 normalisation (asnorm | snorm)
 top_n=300                  # AS-norm cohort size
+lda_dim=                   # LDA back-end before scoring (stages 5, 6, 8), fitted on the training speakers'
+                           # embeddings (memsv compute-lda): none (plain cosine, WeSpeaker's), max (speakers
+                           # - 1) or a number. Default: none for voxceleb, max for mini / hnm, whose 40
+                           # training speakers leave channel and text directions in the embeddings
+                           # (docs/results.md)
 profile_opts=              # extra `memsv profile-memory` arguments, e.g. "--gpu-memory 11GiB"
 
 # Large-margin fine-tuning (stage 8; WeSpeaker's *_lm configs)
@@ -90,17 +95,21 @@ case $data in
   voxceleb)
     : "${data_dir:=data}" "${fbank_dir:=fbank}" "${shard_dir:=shards}" "${download_dir:=data/download_data}"
     : "${raw_dir:=data/raw_data}"
-    : "${config:=conf/resnet34.yaml}" "${train_set:=vox2_dev}" "${eval_set:=vox1}"
+    : "${config:=conf/resnet34.yaml}" "${train_set:=vox2_dev}" "${eval_set:=vox1}" "${lda_dim:=none}"
     : "${trials:=vox1_O_cleaned.kaldi vox1_E_cleaned.kaldi vox1_H_cleaned.kaldi}" "${nj:=16}"
     ;;
   mini|hnm)
     : "${data_dir:=data/$data}" "${fbank_dir:=fbank/$data}" "${shard_dir:=shards/$data}"
     : "${download_dir:=data/download_data}"
     : "${raw_dir:=data/$data}" "${config:=conf/mini_fast.yaml}" "${train_set:=${data}_train}"
-    : "${eval_set:=${data}_test}" "${trials:=$data.kaldi}" "${nj:=2}"
+    : "${eval_set:=${data}_test}" "${trials:=$data.kaldi}" "${nj:=2}" "${lda_dim:=max}"
     : "${exp_dir:=exp/$(basename "$config" .yaml | sed "s/^mini/$data/")}"  # exp/mini_fast, exp/hnm_fast
     ;;
   *) echo "$0: --data must be voxceleb, mini or hnm, got '$data'" >&2; exit 1 ;;
+esac
+case $lda_dim in
+  none|max|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]) ;;
+  *) echo "$0: --lda_dim must be none, max or a positive number, got '$lda_dim'" >&2; exit 1 ;;
 esac
 : "${exp_dir:=exp/$(basename "$config" .yaml)}"
 : "${lm_exp_dir:=${exp_dir}-LM}"
@@ -285,23 +294,41 @@ fi
 
 trial_args() { local t; for t in $trials; do printf -- '--trials\n%s\n' "$data_dir/$eval_set/trials/$t"; done; }
 
+# The scoring back-end (--lda_dim) of experiment $1. fit_backend fits the LDA on $1's training-set
+# embeddings (Kaldi's ivector-compute-lda) into $1/lda/lda.mat, in the main shell so that a failure stops
+# the recipe; backend_args prints the matching `memsv score` arguments.
+fit_backend() {
+  [ "$lda_dim" = none ] && return 0
+  local dim_opt=()
+  [ "$lda_dim" = max ] || dim_opt=(--dim "$lda_dim")
+  memsv compute-lda "$1/embeddings/$train_set/xvector.scp" "$fbank_dir/$train_set/utt2spk" "$1/lda/lda.mat" \
+    ${dim_opt[@]+"${dim_opt[@]}"}
+}
+backend_args() { [ "$lda_dim" = none ] || printf -- '--transform\n%s\n' "$1/lda/lda.mat"; }
+backend_name() { if [ "$lda_dim" = none ]; then echo "plain cosine"; else echo "LDA ($lda_dim dims)"; fi; }
+
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  log 5 "cosine scoring, $train_set mean subtracted -> $exp_dir/scores"
+  log 5 "cosine scoring, back-end $(backend_name), $train_set mean subtracted -> $exp_dir/scores"
+  fit_backend "$exp_dir"
   mapfile -t targs < <(trial_args)
+  mapfile -t bargs < <(backend_args "$exp_dir")
   # the table on stdout; scores, thresholds.json and results.json (the --json object) in --out-dir
-  memsv score "${targs[@]}" --embeddings "$exp_dir/embeddings/$eval_set/xvector.scp" \
+  memsv score "${targs[@]}" ${bargs[@]+"${bargs[@]}"} --embeddings "$exp_dir/embeddings/$eval_set/xvector.scp" \
     --mean-from "$exp_dir/embeddings/$train_set/xvector.scp" --out-dir "$exp_dir/scores" --det-plot
 fi
 
 # --------------------------------------------------------------------------------------------------
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  log 6 "$score_norm scoring (top $top_n of the $train_set speaker cohort) -> $exp_dir/scores_$score_norm"
+  log 6 "$score_norm scoring (top $top_n of the $train_set speaker cohort), back-end $(backend_name) -> $exp_dir/scores_$score_norm"
+  fit_backend "$exp_dir"
   mapfile -t targs < <(trial_args)
+  mapfile -t bargs < <(backend_args "$exp_dir")
   norm_args=(--embeddings "$exp_dir/embeddings/$eval_set/xvector.scp"
              --mean-from "$exp_dir/embeddings/$train_set/xvector.scp" --norm "$score_norm"
              --cohort "$exp_dir/embeddings/$train_set/spk_xvector.scp" --top-n "$top_n")
-  memsv score "${targs[@]}" "${norm_args[@]}" --out-dir "$exp_dir/scores_$score_norm" --det-plot
+  memsv score "${targs[@]}" ${bargs[@]+"${bargs[@]}"} "${norm_args[@]}" --out-dir "$exp_dir/scores_$score_norm" \
+    --det-plot
 fi
 
 # --------------------------------------------------------------------------------------------------
@@ -340,8 +367,10 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
     memsv extract-embeddings --checkpoint "$lm_exp_dir/models/avg_model.pt" --data "$fbank_dir/$x" \
       --out "$lm_exp_dir/embeddings/$x" "${spk_mean[@]}"
   done
+  fit_backend "$lm_exp_dir"
   mapfile -t targs < <(trial_args)
-  memsv score "${targs[@]}" --embeddings "$lm_exp_dir/embeddings/$eval_set/xvector.scp" \
+  mapfile -t bargs < <(backend_args "$lm_exp_dir")
+  memsv score "${targs[@]}" ${bargs[@]+"${bargs[@]}"} --embeddings "$lm_exp_dir/embeddings/$eval_set/xvector.scp" \
     --mean-from "$lm_exp_dir/embeddings/$train_set/xvector.scp" --norm "$score_norm" \
     --cohort "$lm_exp_dir/embeddings/$train_set/spk_xvector.scp" --top-n "$top_n" \
     --out-dir "$lm_exp_dir/scores_$score_norm" --det-plot
