@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kaldiio
 import pytest
 import torch
 import yaml
@@ -316,6 +317,11 @@ def test_mini_recipe_runs_every_stage(mini_run: dict) -> None:
         assert 0.0 <= result["eer"] <= 100.0
         assert len((exp / scores / "mini.kaldi.score").read_text().splitlines()) == 120
         assert (exp / scores / "mini.kaldi.det.png").is_file()
+        (entry,) = json.loads((exp / scores / "thresholds.json").read_text())["lists"]
+        assert entry["transform"] == str(exp / "lda" / "lda.mat")  # --lda_dim max: the synthetic default
+    # the LDA back-end: 6 training speakers -> 5 dimensions, affine over the 32-dim embeddings
+    assert kaldiio.load_mat(str(exp / "lda" / "lda.mat")).shape == (5, 33)
+    assert "compute-lda: 36 embeddings of 6 speakers, 32 -> 5 dims" in out
     # stage 7: memory profile of the trained setup (read back from the run's config)
     memory = json.loads((exp / "memory.json").read_text())
     assert memory["model"] == "rev_resnet18" and memory["setup"]["optimizer"] == "adam8bit"
@@ -368,6 +374,15 @@ def test_single_stage_reruns_from_the_previous_stage_files(mini_run: dict) -> No
     scores.unlink()
     run([str(recipe / "run.sh"), *mini_run["common"], "--stage", "5", "--stop_stage", "5"], cwd=recipe)
     assert json.loads(scores.read_text()) == before  # same embeddings -> same scores
+    # plain cosine instead of the LDA back-end, and a bad back-end value: one line, nothing run
+    common = [*mini_run["common"], "--stage", "5", "--stop_stage", "5"]
+    run([str(recipe / "run.sh"), *common, "--lda_dim", "none"], cwd=recipe)
+    (entry,) = json.loads((exp / "scores" / "thresholds.json").read_text())["lists"]
+    assert entry["transform"] is None and json.loads(scores.read_text()) != before
+    done = run([str(recipe / "run.sh"), *common, "--lda_dim", "0"], cwd=recipe, check=False)
+    assert done.returncode == 1 and "--lda_dim must be none, max or a positive number, got '0'" in done.stderr
+    run([str(recipe / "run.sh"), *common], cwd=recipe)  # back to the default for the tests after this one
+    assert json.loads(scores.read_text()) == before
 
 
 def _stage_3(mini_run: dict, exp: str, fault: str, *extra: str) -> subprocess.CompletedProcess:
