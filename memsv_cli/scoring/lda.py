@@ -44,7 +44,7 @@ def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dim: int | None = N
     from scipy.linalg import LinAlgError, eigh
     from sklearn.covariance import ledoit_wolf
 
-    x = np.asarray(embeddings, dtype=np.float64)
+    x = np.asarray(embeddings)
     names, labels = np.unique(np.asarray(speakers), return_inverse=True)
     if len(names) < 2:
         raise MemsvError(f"LDA needs at least 2 speakers, got {len(names)}")
@@ -52,13 +52,9 @@ def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dim: int | None = N
     dim = most if dim is None else dim
     if not 1 <= dim <= most:
         raise MemsvError(f"--dim must be 1 .. {most} (speakers - 1, at most the embedding size), got {dim}")
-    mean = x.mean(axis=0)
-    counts = np.bincount(labels)
-    centres = np.zeros((len(names), x.shape[1]))
-    np.add.at(centres, labels, x - mean)
-    centres /= counts[:, None]
+    mean, counts, centres = _speaker_centres(x, labels, len(names))
     # Kaldi's pooled within-class covariance, shrunk towards a scaled identity (Ledoit-Wolf)
-    within = ledoit_wolf(x - mean - centres[labels], assume_centered=True)[0]
+    within = ledoit_wolf(_within_residuals(x, mean, centres, labels), assume_centered=True)[0]
     between = (centres * counts[:, None]).T @ centres / len(x)
     try:  # B v = l W v, eigenvectors scaled so that V' W V = I: unit within-class variance per output
         values, vectors = eigh(between, within)
@@ -69,6 +65,29 @@ def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dim: int | None = N
         ) from None
     linear = vectors[:, np.argsort(values)[::-1][:dim]].T  # (dim, D), most discriminant first
     return np.hstack([linear, -(linear @ mean)[:, None]]).astype(np.float32)
+
+
+def _speaker_centres(
+    x: np.ndarray, labels: np.ndarray, num_speakers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(D,)`` global mean, ``(S,)`` utterances per speaker and ``(S, D)`` speaker means minus the global
+    mean, all float64; summed per speaker after a sort (``np.add.at`` is ~10x slower on 1M rows)."""
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=num_speakers)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sums = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+    mean = sums.sum(axis=0) / len(x)
+    return mean, counts, sums / counts[:, None] - mean
+
+
+def _within_residuals(x: np.ndarray, mean: np.ndarray, centres: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(N, D)`` float32 ``x - mean - centre of its speaker``, built in blocks: VoxCeleb2's 1.09M x 256
+    would need three float64 copies (6.7 GB) at once; float32 suffices for the covariance statistics."""
+    out = np.empty(x.shape, dtype=np.float32)
+    for start in range(0, len(x), 65536):
+        rows = slice(start, start + 65536)
+        out[rows] = x[rows] - (mean + centres[labels[rows]])
+    return out
 
 
 def apply_transform(matrix: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
