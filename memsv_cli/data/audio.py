@@ -17,7 +17,9 @@ import os
 import signal
 import struct
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -110,13 +112,10 @@ def _run_in_own_group(command: str) -> tuple[int, bytes, bytes]:
     """Run ``command`` through the shell in a process group of its own; returns (exit status, stdout,
     stderr). Whatever interrupts the wait (Ctrl-C's ``KeyboardInterrupt`` in a one-job run) kills the
     whole group first, so nothing the command started outlives the run."""
+    # Popen's process_group exists from Python 3.11; setpgid in the child before exec is the same call
+    own: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     proc = subprocess.Popen(
-        command,
-        shell=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        process_group=0,
+        command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **own
     )
     _pipe_groups.add(proc.pid)
     try:
