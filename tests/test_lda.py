@@ -94,6 +94,9 @@ def test_fit_lda_refuses_what_lda_cannot_give(sets) -> None:
         fit_lda(x, ["one"] * len(keys))
     with pytest.raises(MemsvError, match=r"--dim must be 1 \.\. 29"):
         fit_lda(x, [k.split("/")[0] for k in keys], dim=30)
+    x[3, 5] = np.nan
+    with pytest.raises(MemsvError, match="1 embedding\\(s\\) hold NaN or infinite values"):
+        fit_lda(x, [k.split("/")[0] for k in keys])
 
 
 def test_lda_beats_plain_cosine_on_unseen_speakers_and_score_applies_it_exactly(sets, capsys) -> None:
@@ -164,3 +167,9 @@ def test_bad_back_end_input_is_one_line_and_exit_1(sets, tmp_path: Path, capsys)
     assert_one_line(err, "memsv score: error:", "junk.mat", "not a Kaldi matrix")
     with pytest.raises(InputError, match="no such transform file"):
         read_transform(tmp_path / "missing.mat")
+    keys, x = _matrix(sets["train"])
+    x[7, 0] = np.inf
+    nan_scp = _write_scp(tmp_path / "nan.scp", dict(zip(keys, x, strict=True)))
+    code, _, err = run_main(["compute-lda", str(nan_scp), str(sets["utt2spk"]), str(lda)], capsys)
+    assert code == 1
+    assert_one_line(err, "memsv compute-lda: error:", "nan.scp", "1 embedding(s) hold NaN", repr(keys[7]))
