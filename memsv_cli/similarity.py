@@ -205,10 +205,9 @@ def similarity(
     a, b = (embedder.embed_file(f, window, detector) for f in (file_a, file_b))
     mean = training_mean(mean_scp) if mean_scp is not None else None
     if choice.transform is not None:  # the list was scored in the LDA space: so is this pair
-        from memsv_cli.scoring.lda import apply_transform, check_transform, read_transform
+        from memsv_cli.scoring.lda import apply_transform, load_transform
 
-        matrix = read_transform(choice.transform)
-        check_transform(matrix, a.shape[0], choice.transform)
+        matrix = load_transform(choice.transform, a.shape[0])
         a, b = apply_transform(matrix, np.stack([a, b]))
         mean = None if mean is None else apply_transform(matrix, mean[None])[0]
     score = cosine_score(a, b, mean)

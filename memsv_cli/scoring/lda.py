@@ -106,14 +106,16 @@ def apply_transform(matrix: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def check_transform(matrix: np.ndarray, dim: int, path: str | Path) -> None:
-    """Refuse a transform that does not take ``dim``-dimensional embeddings."""
+def load_transform(path: str | Path, dim: int) -> np.ndarray:
+    """:func:`read_transform`, refusing a matrix that does not take ``dim``-dimensional embeddings."""
+    matrix = read_transform(path)
     if matrix.shape[1] not in (dim, dim + 1):
         raise InputError(
             Path(path),
             f"a {matrix.shape[0]}x{matrix.shape[1]} transform takes {matrix.shape[1]}- or "
             f"{matrix.shape[1] - 1}-dimensional input, the embeddings have {dim}",
         )
+    return matrix
 
 
 def read_transform(path: str | Path) -> np.ndarray:

@@ -14,6 +14,7 @@ and, with a QMF calibration (:mod:`memsv_cli.scoring.qmf`), ``<trials file name>
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from memsv_cli.atomic import write_text_atomic
 from memsv_cli.data.kaldi_dir import NONTARGET, TARGET, Trial, read_table, read_trials
 from memsv_cli.errors import InputError, MemsvError
 from memsv_cli.scoring.keys import KeyIndex
-from memsv_cli.scoring.lda import apply_transform, check_transform, read_transform
+from memsv_cli.scoring.lda import apply_transform, load_transform
 from memsv_cli.scoring.metrics import ErrorRates, Metrics, compute_metrics
 from memsv_cli.scoring.norm import cosine_pairs, length_normalise, normalise_with_stats, trial_cohort_stats
 from memsv_cli.scoring.qmf import QMF_FILE, Durations, QmfModel, fit_qmf, quality_features, read_durations
@@ -138,13 +139,24 @@ def mean_embedding(table: EmbeddingTable) -> np.ndarray:
     return table.matrix.astype(np.float64).mean(axis=0).astype(np.float32)
 
 
-def _check_dim(table: EmbeddingTable, other: EmbeddingTable, what: str) -> None:
-    _check_dim_raw(table.dim, table.path, other, what)
+def _load_alike(
+    path: str | Path, raw_dim: int, reference: Path, what: str, transform: np.ndarray | None
+) -> EmbeddingTable:
+    """Load an scp that must have the trial embeddings' dimension ``raw_dim`` (those of ``reference``),
+    then put its vectors through ``transform`` as theirs were."""
+    table = load_embeddings(path)
+    if table.dim != raw_dim:
+        raise InputError(
+            table.path, f"{what} embeddings have dimension {table.dim}, but {reference} has {raw_dim}"
+        )
+    return _transformed(table, transform)
 
 
-def _check_dim_raw(dim: int, path: Path, other: EmbeddingTable, what: str) -> None:
-    if other.dim != dim:
-        raise InputError(other.path, f"{what} embeddings have dimension {other.dim}, but {path} has {dim}")
+def _transformed(table: EmbeddingTable, transform: np.ndarray | None) -> EmbeddingTable:
+    """``table`` with its vectors through ``transform`` (unchanged for None)."""
+    if transform is None:
+        return table
+    return EmbeddingTable(table.path, table.keys, table.index, apply_transform(transform, table.matrix))
 
 
 @dataclass
@@ -238,6 +250,7 @@ class _Scorer:
         unit_cohort: ``(C, D)`` the cohort, processed the same way, or None (no normalisation).
         top_n: AS-norm's top-N; None with a cohort means S-norm.
         transform: the ``--transform`` matrix applied to every scp first (:mod:`.lda`), or None.
+        raw_dim: the dimension of the embeddings before ``transform``.
     """
 
     table: EmbeddingTable
@@ -245,25 +258,14 @@ class _Scorer:
     mean: np.ndarray | None
     unit_cohort: np.ndarray | None
     top_n: int | None
-    transform: np.ndarray | None = None
+    transform: np.ndarray | None
+    raw_dim: int
 
     def with_embeddings(self, embeddings: str | Path) -> _Scorer:
         """The same processing (transform, mean, cohort, normalisation) applied to another embedding scp."""
-        table = load_embeddings(embeddings)
-        if self.transform is None:
-            _check_dim(self.table, table, "--qmf-embeddings")
-        else:
-            check_transform(self.transform, table.dim, table.path)
-        table = _transformed(table, self.transform)
+        table = _load_alike(embeddings, self.raw_dim, self.table.path, "--qmf-embeddings", self.transform)
         unit = length_normalise(table.matrix if self.mean is None else table.matrix - self.mean)
-        return _Scorer(table, unit, self.mean, self.unit_cohort, self.top_n, self.transform)
-
-
-def _transformed(table: EmbeddingTable, transform: np.ndarray | None) -> EmbeddingTable:
-    """``table`` with its vectors through ``transform`` (unchanged for None)."""
-    if transform is None:
-        return table
-    return EmbeddingTable(table.path, table.keys, table.index, apply_transform(transform, table.matrix))
+        return dataclasses.replace(self, table=table, unit=unit)
 
 
 def _prepare(
@@ -276,24 +278,18 @@ def _prepare(
     """Load the trial embeddings (and cohort), apply ``transform``, subtract the ``mean_from`` mean (of
     the transformed vectors), length-normalise."""
     table = load_embeddings(embeddings)
-    matrix = None
-    if transform is not None:
-        matrix = read_transform(transform)
-        check_transform(matrix, table.dim, transform)
-    raw_dim, table = table.dim, _transformed(table, matrix)
+    raw_dim, path = table.dim, table.path
+    matrix = None if transform is None else load_transform(transform, raw_dim)
+    table = _transformed(table, matrix)
     mean = None
     if mean_from is not None:
-        mean_table = load_embeddings(mean_from)
-        _check_dim_raw(raw_dim, table.path, mean_table, "--mean-from")
-        mean = mean_embedding(_transformed(mean_table, matrix))
+        mean = mean_embedding(_load_alike(mean_from, raw_dim, path, "--mean-from", matrix))
     unit = length_normalise(table.matrix if mean is None else table.matrix - mean)
     if cohort is None:
-        return _Scorer(table, unit, mean, None, None, matrix)
-    cohort_table = load_embeddings(cohort)
-    _check_dim_raw(raw_dim, table.path, cohort_table, "cohort")
-    cohort_table = _transformed(cohort_table, matrix)
-    cohort_emb = cohort_table.matrix if mean is None else cohort_table.matrix - mean
-    return _Scorer(table, unit, mean, length_normalise(cohort_emb), top_n, matrix)
+        return _Scorer(table, unit, mean, None, None, matrix, raw_dim)
+    cohort_emb = _load_alike(cohort, raw_dim, path, "cohort", matrix).matrix
+    cohort_emb = cohort_emb if mean is None else cohort_emb - mean
+    return _Scorer(table, unit, mean, length_normalise(cohort_emb), top_n, matrix, raw_dim)
 
 
 @dataclass
@@ -506,6 +502,27 @@ def _write_records(
         write_text_atomic(out_dir / QMF_FILE, json.dumps(model.to_json(), indent=1) + "\n")
 
 
+def _list_results(
+    path: Path,
+    scored: _Scored,
+    scorer: _Scorer,
+    qmf: tuple[QmfModel | None, Durations | None, list[str]],
+    out: Path | None,
+    det_plot: bool,
+) -> list[TrialListResult]:
+    """A scored list's result row and, with a QMF ``(model, durations, notes)``, its ``.qmf`` row."""
+    model, durations, qmf_notes = qmf
+    result = _result(path.name, path, scored, scored.scores, out, det_plot)
+    result.notes = list(scored.notes)
+    if model is None:
+        return [result]
+    features, names, notes = _qmf_features(scored, scorer.table, durations, path)
+    assert names == model.features  # the same inputs (durations, cohort) for every list
+    calibrated = _result(f"{path.name}.qmf", path, scored, model.apply(features), out, det_plot)
+    calibrated.qmf, calibrated.notes = True, notes + qmf_notes
+    return [result, calibrated]
+
+
 def score_trial_lists(
     trials: Sequence[str | Path],
     embeddings: str | Path,
@@ -570,13 +587,8 @@ def score_trial_lists(
     results = []
     for path, trial_list in zip(paths, parsed, strict=True):
         scored = _score_list(path, trial_list, scorer, skip_missing)
-        results.append(_result(path.name, path, scored, scored.scores, out, det_plot))
-        results[-1].notes = list(scored.notes)
-        if model is not None:
-            features, names, notes = _qmf_features(scored, scorer.table, durations, path)
-            assert names == model.features  # the same inputs (durations, cohort) for every list
-            results.append(_result(f"{path.name}.qmf", path, scored, model.apply(features), out, det_plot))
-            results[-1].qmf, results[-1].notes, qmf_notes = True, notes + qmf_notes, []
+        results += _list_results(path, scored, scorer, (model, durations, qmf_notes), out, det_plot)
+        qmf_notes = []  # said once, on the first list's .qmf row
     if out is not None:
         _write_records(out, results, embeddings, mean_from, norm, model, transform)
     return results
