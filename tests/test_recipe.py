@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from memsv_cli.data.kaldi_dir import load_data_dir, read_table, write_data_dir
+from memsv_cli.train.precision import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "voxceleb"
@@ -306,6 +307,8 @@ def test_mini_recipe_runs_every_stage(mini_run: dict) -> None:
     config = yaml.safe_load((exp / "config.yaml").read_text())
     assert config["data"]["type"] == "shard" and config["data"]["dir"].endswith("shards/mini/mini_train")
     assert config["data"]["aug_root"].endswith("data/mini")
+    # the demo config's precision auto, resolved for this CPU
+    assert config["train"]["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
     head = torch.load(exp / "models" / "avg_model.pt", weights_only=False)["head"]["weight"]
     assert head.shape[0] == 3 * len(train.spk2utt)
     assert (exp / "train_curve.png").is_file()

@@ -19,7 +19,9 @@ def train_command(
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Sets train.epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Per process; sets train.batch_size."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32|bf16|fp16 (sets train.precision)."),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32|bf16|fp16|auto (sets train.precision; auto: bf16 where native)."
+    ),
     device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda (sets train.device)."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader workers per process."),
     gpu_memory: str | None = typer.Option(

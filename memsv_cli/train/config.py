@@ -88,7 +88,9 @@ DEFAULTS: dict[str, Any] = {
         # world_size * batch_size * accum_steps (one GPU with 2 reproduces the 2-GPU recipe exactly).
         "accum_steps": 1,
         "num_workers": 2,
-        "precision": "fp32",  # fp32 | bf16 | fp16
+        # fp32 | bf16 | fp16 (autocast, fp32 master weights) | auto: bf16 where the device computes it
+        # natively (AMX / AVX512-BF16 CPUs, Ampere+ GPUs), else fp32 (memsv_cli.train.precision)
+        "precision": "fp32",
         "device": "auto",  # auto | cpu | cuda
         "grad_clip": None,  # max global L2 norm of the gradients, or null for none
         "num_avg": 10,  # models/avg_model.pt averages the last num_avg epoch checkpoints
@@ -164,7 +166,8 @@ KEPT_ON_SWITCH: dict[str, tuple[str, ...]] = {
 }
 EIGHT_BIT_ONLY_ARGS = ("block_size", "min_8bit_size", "optim_bits")
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # what a step runs in (the profiler's choices too)
+PRECISION_CHOICES = (*PRECISIONS, "auto")  # train.precision: auto is resolved by the trainer
 DATA_TYPES = ("auto", "feat", "raw", "shard")
 
 
@@ -390,7 +393,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.num_workers", _int_at_least(0), "must be an integer >= 0"),
     ("train.num_avg", _int_at_least(0), "must be an integer >= 0"),
     ("train.log_interval", _int_at_least(0), "must be an integer >= 0"),
-    ("train.precision", _one_of(PRECISIONS), f"must be one of {', '.join(PRECISIONS)}"),
+    ("train.precision", _one_of(PRECISION_CHOICES), f"must be one of {', '.join(PRECISION_CHOICES)}"),
     ("train.device", _one_of(DEVICES), f"must be one of {', '.join(DEVICES)}"),
     ("train.grad_clip", _positive(allow_none=True), "must be a positive number or null"),
     ("train.init_model", lambda v: v is None or isinstance(v, str), "must be a checkpoint path or null"),

@@ -111,7 +111,7 @@ class TrainSettings:
     batch_size: int  # per process and micro-batch
     accum_steps: int  # micro-batches per optimizer step
     num_workers: int
-    precision: str  # fp32 | bf16 | fp16
+    precision: str  # fp32 | bf16 | fp16; auto until the trainer resolves it (train.precision)
     device: str  # auto | cpu | cuda
     grad_clip: float | None  # max global L2 norm of the gradients
     num_avg: int

@@ -53,6 +53,7 @@ from memsv_cli.train.distributed import (
 from memsv_cli.train.epoch import EpochRun, NonFiniteLoss, SaveClock, run_epoch
 from memsv_cli.train.log import TrainLog
 from memsv_cli.train.memory import adopt_saved_plan, choose_memory_plan, memory_report, predict_step_peak
+from memsv_cli.train.precision import check_precision, resolve_precision
 from memsv_cli.train.progress import TrainProgress
 from memsv_cli.train.settings import Settings
 from memsv_cli.train.signals import StopRequest, ignore_in_worker, signal_name
@@ -161,6 +162,7 @@ class Trainer:
         self.predicted_peak: int | None = None  # bytes, the profiler's estimate of one step
         self.start_step = 0  # global step this process starts (or resumes) at
         self.tracked_peak: int | None = None  # CPU: the tracked step's peak, measured once per process
+        self.precision_note: str | None = None  # how train.precision auto was resolved
 
     # -- set-up ----------------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -255,9 +257,7 @@ class Trainer:
 
     def _start(self, resume: bool) -> TrainState:
         """Lock, find the checkpoint, write config.yaml, build (and restore) the state."""
-        tc = self.s.train
-        if tc.precision == "fp16" and self.info.device.type != "cuda":
-            raise MemsvError("--precision fp16 needs CUDA; on CPU use bf16 or fp32")
+        self._resolve_precision()
         self._acquire_lock()
         payload = self._find_checkpoint(resume)
         self.source = source = self._load_data(payload)
@@ -268,7 +268,7 @@ class Trainer:
         if payload is not None:
             check_resume_shape(self.newest, payload, state)
         start_step = self.start_step = int(payload["step"]) if payload is not None else 0
-        self.log = TrainLog(self.exp_dir, self.info.is_main, tc.tensorboard, start_step)
+        self.log = TrainLog(self.exp_dir, self.info.is_main, self.s.train.tensorboard, start_step)
         for message in self.warnings:
             self.log.info(f"warning: {message}")
         for line in plan_lines:
@@ -284,6 +284,15 @@ class Trainer:
         else:
             self._fresh_start(state)
         return state
+
+    def _resolve_precision(self) -> None:
+        """``train.precision: auto`` -> the concrete precision (train.precision), before a resume
+        compares configs and before config.yaml is written, so both hold what was trained."""
+        precision, self.precision_note = resolve_precision(self.s.train.precision, self.info.device)
+        check_precision(precision, self.info.device)
+        if precision != self.s.train.precision:
+            raw = self.s.raw
+            self.s = Settings.from_config({**raw, "train": {**raw["train"], "precision": precision}})
 
     def _record_features(self, source: TrainingSource, payload: dict[str, Any] | None) -> None:
         """Put the fbank options of ``source`` into the config (``features``); a resumed run must see the
@@ -336,7 +345,8 @@ class Trainer:
             f"utts of {len(src.speakers)} speakers ({state.net.head.num_classes} classes), "
             f"{self.info.world_size} process(es) x {tc.accum_steps} "
             f"micro-batch(es) of {tc.batch_size} on {self.info.device}, optimizer "
-            f"{self.s.optimizer.name}, {state.steps_per_epoch} steps/epoch"
+            f"{self.s.optimizer.name}, {state.steps_per_epoch} steps/epoch, precision {tc.precision}"
+            + (f" ({self.precision_note})" if self.precision_note else "")
         )
 
     # -- saving ----------------------------------------------------------------------------------
