@@ -81,3 +81,12 @@ def test_auto_trains_in_bf16_records_it_and_resumes_bit_identically(
 def test_fp16_on_cpu_is_one_line(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811 - the fixture
     with pytest.raises(MemsvError, match="fp16 needs CUDA; on CPU use bf16, fp32 or auto"):
         train(tiny_config(data_dir, "train.epochs=1", "train.precision=fp16"), tmp_path / "exp")
+
+
+def test_auto_on_an_older_torch_without_the_emulation_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    def old_probe() -> bool:  # torch < 2.4: no including_emulation
+        return True
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_probe)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert resolve_precision("auto", torch.device("cuda", 0))[0] == "bf16"

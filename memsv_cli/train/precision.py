@@ -2,12 +2,12 @@
 
 bf16 autocast (fp32 master weights and optimizer, as ``bf16``) halves the bytes of every activation, and
 where the hardware has bf16 arithmetic it is faster too: on this project's 2-core Xeon (AMX) the demo's
-width-8 Type I ResNet18 step takes ~0.65x its fp32 time. Without native bf16 the same autocast is
-emulated and much slower: ~2x the fp32 step on AVX-512 without BF16 and ~7x on AVX2 (measured with
-oneDNN and ATen held to those instruction sets; docs/results.md, session 23). So a config that wants
-the speed without the penalty (the demo's) says ``auto`` and the hardware decides; ``bf16`` is bf16
-everywhere. The trainer resolves ``auto`` once, before anything is built, and writes the concrete
-precision into config.yaml and every checkpoint.
+width-8 Type I ResNet18 step takes ~0.73x its fp32 time (the vanilla one 0.56x). Without native bf16
+the same autocast is emulated and much slower: ~2x the fp32 step on AVX-512 without BF16 and ~7x on
+AVX2 (measured with oneDNN and ATen held to those instruction sets; docs/results.md, session 23). So
+a config that wants the speed without the penalty (the demo's) says ``auto`` and the hardware decides;
+``bf16`` is bf16 everywhere. The trainer resolves ``auto`` once, before anything is built, and writes
+the concrete precision into config.yaml and every checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ _CPU_BF16 = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16
 def native_bf16(device: torch.device) -> str | None:
     """What makes ``device`` compute bfloat16 natively (e.g. ``"AMX"``), or None where it does not."""
     if device.type == "cuda":
-        if not torch.cuda.is_bf16_supported(including_emulation=False):
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 has no emulation and no such argument
+            native = torch.cuda.is_bf16_supported()
+        if not native:
             return None
         major, minor = torch.cuda.get_device_capability(device)
         return f"CUDA compute capability {major}.{minor}"
