@@ -90,3 +90,16 @@ def test_auto_on_an_older_torch_without_the_emulation_argument(monkeypatch: pyte
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_probe)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert resolve_precision("auto", torch.device("cuda", 0))[0] == "bf16"
+
+
+def test_the_memory_plan_gives_a_card_with_only_emulated_bf16_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memsv_cli.profile.plan import half_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    # torch >= 2.4: a 2080Ti "supports" bf16 by emulation, but not natively
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert half_precision("cuda") == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert half_precision("cuda") == "bf16"
+    assert half_precision("cpu") == "bf16"

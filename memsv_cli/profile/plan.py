@@ -30,6 +30,7 @@ import torch
 from memsv_cli.profile.memory import measure_step
 from memsv_cli.profile.step import StepSetup
 from memsv_cli.sizes import format_bytes
+from memsv_cli.train.precision import native_bf16
 
 #: reserved / allocated headroom assumed for the caching allocator (checked by benchmarks/gpu_check.sh)
 ALLOCATOR_MARGIN = 0.10
@@ -141,7 +142,8 @@ class PlanResult:
 def half_precision(device: torch.device | str | None) -> str:
     """bf16 where the card (or CPU) has it, else fp16 (pre-Ampere cards such as the 2080Ti)."""
     device = torch.device(device or "cpu")
-    if device.type == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+    # native only: torch >= 2.4's is_bf16_supported() also counts a 2080Ti's emulated bf16
+    if device.type == "cuda" and torch.cuda.is_available() and native_bf16(device) is None:
         return "fp16"
     return "bf16"
 
